@@ -1,0 +1,89 @@
+//! `estate ingest` settings. Every setting is a long flag, an `ESTATE_*`
+//! environment variable, and a key of the optional TOML file (`--config`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::faults::FaultSpec;
+
+/// Parses `KEY=VALUE`.
+pub fn parse_kv(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))?;
+    if k.trim().is_empty() {
+        return Err(format!("empty key in {s:?}"));
+    }
+    Ok((k.trim().to_owned(), v.to_owned()))
+}
+
+/// Parses a duration such as `1s`, `250ms`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// Options of `estate ingest`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IngestArgs {
+    /// Kafka bootstrap servers, `host:port[,host:port]`.
+    #[arg(long, env = "ESTATE_BROKERS")]
+    pub brokers: String,
+
+    /// Consumer group; instances with the same group share the partitions.
+    #[arg(long, env = "ESTATE_GROUP", default_value = "estate-ingest")]
+    pub group: String,
+
+    /// Store root: `file:///abs/path`, a local path, `s3://bucket/prefix` or `memory://`.
+    #[arg(long, env = "ESTATE_STORE")]
+    pub store: String,
+
+    /// Shared events topic (key = tenant). Per-tenant topics `<topic>.<tenant>` are consumed too.
+    #[arg(long, env = "ESTATE_TOPIC", default_value = "estate.events")]
+    pub topic: String,
+
+    /// Dead-letter topic for rejected messages.
+    #[arg(long, env = "ESTATE_DLQ_TOPIC", default_value = "estate.dlq")]
+    pub dlq_topic: String,
+
+    /// Topic of the deduplicated, normalised event stream; empty to disable.
+    #[arg(long, env = "ESTATE_DEDUPED_TOPIC", default_value = "estate.deduped")]
+    pub deduped_topic: String,
+
+    /// Commit at least this often.
+    #[arg(long, env = "ESTATE_FLUSH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub flush_interval: Duration,
+
+    /// Commit early when this many messages are pending.
+    #[arg(long, env = "ESTATE_FLUSH_MAX_ROWS", default_value_t = 500_000)]
+    pub flush_max_rows: usize,
+
+    /// Duplicates of an event_id within this window are dropped.
+    #[arg(long, env = "ESTATE_DEDUP_WINDOW", default_value = "1h", value_parser = parse_duration)]
+    pub dedup_window: Duration,
+
+    /// Upper bound on dedup keys held per partition (oldest evicted first).
+    #[arg(long, env = "ESTATE_DEDUP_MAX_KEYS", default_value_t = 2_000_000)]
+    pub dedup_max_keys: usize,
+
+    /// Largest accepted message, in bytes; larger ones go to the DLQ as `too_large`.
+    #[arg(long, env = "ESTATE_MAX_MESSAGE_BYTES", default_value_t = 1_048_576)]
+    pub max_message_bytes: usize,
+
+    /// How far in the future an event time may be before `time_out_of_range`.
+    #[arg(long, env = "ESTATE_MAX_FUTURE", default_value = "1d", value_parser = parse_duration)]
+    pub max_future: Duration,
+
+    /// Prometheus `/metrics` and `/healthz` listen address.
+    #[arg(long, env = "ESTATE_METRICS_ADDR", default_value = "127.0.0.1:9464")]
+    pub metrics_addr: SocketAddr,
+
+    /// librdkafka setting passed through, e.g. `security.protocol=SASL_SSL` (repeatable).
+    #[arg(long = "kafka-opt", env = "ESTATE_KAFKA_OPTS", value_parser = parse_kv, value_delimiter = ';', hide_env_values = true)]
+    pub kafka_opts: Vec<(String, String)>,
+
+    /// Object store setting passed through, e.g. `aws_endpoint=http://127.0.0.1:9000` (repeatable).
+    #[arg(long = "store-opt", env = "ESTATE_STORE_OPTS", value_parser = parse_kv, value_delimiter = ';', hide_env_values = true)]
+    pub store_opts: Vec<(String, String)>,
+
+    /// TESTING ONLY: wrap the store in a fault injector, e.g. `fail=0.1,delay=50ms,delay_share=0.3`.
+    #[arg(long, env = "ESTATE_TEST_INJECT_STORE_FAULTS")]
+    pub test_inject_store_faults: Option<FaultSpec>,
+}

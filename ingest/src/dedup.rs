@@ -1,0 +1,182 @@
+//! The deduplication window of one Kafka partition.
+//!
+//! Keys are `(tenant, event_id)`, hashed to 128 bits (XXH3-128), each with the
+//! ingest time it was first stored and the Kafka offset it was stored from.
+//! A message is a duplicate when its key was stored less than `window` ago.
+//! Memory is bounded: past `max_keys` the oldest keys are evicted first (the
+//! window then effectively shortens; `estate_ingest_dedup_evictions_total`
+//! says so).
+//!
+//! The offset kept with each key is what makes replay after a crash exact:
+//! a message at an offset the `events` table already covers was stored if
+//! and only if the restored key carries that very offset.
+
+use std::collections::{HashMap, VecDeque};
+
+/// A hashed `(tenant, event_id)`.
+pub(crate) type Key = u128;
+
+/// Hashes a dedup key.
+pub fn key(tenant: &str, event_id: &str) -> Key {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(tenant.as_bytes());
+    h.update(&[0x1f]);
+    h.update(event_id.as_bytes());
+    h.digest128()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    stored_ms: i64,
+    offset: i64,
+}
+
+/// What the window says about a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// First sighting within the window: store it.
+    New,
+    /// Seen within the window: drop it.
+    Duplicate,
+}
+
+/// The window.
+#[derive(Debug)]
+pub struct DedupWindow {
+    window_ms: i64,
+    max_keys: usize,
+    keys: HashMap<Key, Entry>,
+    order: VecDeque<(i64, Key)>,
+    evictions: u64,
+}
+
+impl DedupWindow {
+    /// An empty window.
+    pub fn new(window_ms: i64, max_keys: usize) -> Self {
+        Self {
+            window_ms,
+            max_keys: max_keys.max(1),
+            keys: HashMap::new(),
+            order: VecDeque::new(),
+            evictions: 0,
+        }
+    }
+
+    /// Keys held.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// True when no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Keys evicted by the size bound so far.
+    pub fn evictions(&self) -> u64 {
+        self.evictions
+    }
+
+    /// Checks a live message and, when new, records it as stored now at `offset`.
+    pub fn check_and_insert(&mut self, k: Key, now_ms: i64, offset: i64) -> Verdict {
+        if let Some(e) = self.keys.get(&k)
+            && e.stored_ms >= now_ms - self.window_ms
+        {
+            return Verdict::Duplicate;
+        }
+        self.insert(k, now_ms, offset);
+        Verdict::New
+    }
+
+    /// Classifies a replayed message at an offset the `events` table already
+    /// covers: it was stored if its key was stored from this very offset.
+    pub fn replayed(&self, k: Key, offset: i64) -> Verdict {
+        match self.keys.get(&k) {
+            Some(e) if e.offset == offset => Verdict::New,
+            _ => Verdict::Duplicate,
+        }
+    }
+
+    /// Records a key as stored (used by restore and by live inserts).
+    pub fn insert(&mut self, k: Key, stored_ms: i64, offset: i64) {
+        self.keys.insert(k, Entry { stored_ms, offset });
+        self.order.push_back((stored_ms, k));
+        while self.keys.len() > self.max_keys {
+            if !self.pop_oldest() {
+                break;
+            }
+            self.evictions += 1;
+        }
+    }
+
+    /// Drops keys older than the window. Keys stored at offsets above
+    /// `keep_above_offset` are kept regardless, because replay may still
+    /// need them to classify messages exactly (pass `i64::MAX` when no
+    /// replay is in progress).
+    pub fn expire(&mut self, now_ms: i64, keep_above_offset: i64) {
+        let cutoff = now_ms - self.window_ms;
+        while let Some(&(t, k)) = self.order.front() {
+            if t >= cutoff {
+                break;
+            }
+            if let Some(e) = self.keys.get(&k)
+                && e.offset > keep_above_offset
+                && e.stored_ms == t
+            {
+                break;
+            }
+            self.pop_oldest();
+        }
+    }
+
+    fn pop_oldest(&mut self) -> bool {
+        let Some((t, k)) = self.order.pop_front() else {
+            return false;
+        };
+        // The queue may hold a stale entry for a key that was re-inserted later.
+        if self.keys.get(&k).is_some_and(|e| e.stored_ms == t) {
+            self.keys.remove(&k);
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicates_within_window_only() {
+        let mut w = DedupWindow::new(1000, 100);
+        let k = key("acme", "e1");
+        assert_eq!(w.check_and_insert(k, 10_000, 1), Verdict::New);
+        assert_eq!(w.check_and_insert(k, 10_500, 2), Verdict::Duplicate);
+        assert_eq!(w.check_and_insert(k, 11_001, 3), Verdict::New, "outside window");
+        assert_ne!(key("acme", "e1"), key("beta", "e1"), "tenant is part of the key");
+    }
+
+    #[test]
+    fn replay_uses_offsets() {
+        let mut w = DedupWindow::new(1000, 100);
+        let k = key("acme", "e1");
+        w.insert(k, 5, 42);
+        assert_eq!(w.replayed(k, 42), Verdict::New);
+        assert_eq!(w.replayed(k, 43), Verdict::Duplicate);
+        assert_eq!(w.replayed(key("acme", "zz"), 44), Verdict::Duplicate);
+    }
+
+    #[test]
+    fn bounded_and_expiring() {
+        let mut w = DedupWindow::new(1000, 3);
+        for i in 0..5 {
+            w.insert(key("t", &i.to_string()), i, i);
+        }
+        assert_eq!(w.len(), 3);
+        assert_eq!(w.evictions(), 2);
+        w.expire(1004, i64::MAX);
+        assert_eq!(w.len(), 1, "keys stored at 2 and 3 are out of the window at 1004");
+        w.insert(key("t", "x"), 10, 100);
+        w.expire(5000, 99);
+        assert_eq!(w.len(), 1, "kept: offset 100 is above the replay watermark");
+    }
+}

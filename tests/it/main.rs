@@ -1,0 +1,6 @@
+//! Integration tests of the `estate` binary against real brokers and real
+#![allow(unreachable_pub)] // test-only modules share helpers with `pub`
+//! store directories. One test binary for the crate (see STYLE.md).
+
+mod harness;
+mod ingest;
