@@ -28,7 +28,7 @@ pub(crate) struct Cli {
     log_format: LogFormat,
 
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info,estate_ingest=debug`.
-    #[arg(long, env = "ESTATE_LOG", default_value = "info", global = true)]
+    #[arg(long, env = "ESTATE_LOG", default_value = "info,buoyant_kernel=warn,deltalake_core=warn,librdkafka=warn", global = true)]
     log: String,
 
     #[command(subcommand)]
@@ -50,7 +50,8 @@ enum Command {
 
 fn init_tracing(format: LogFormat, filter: &str) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter).context("invalid --log filter")?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),

@@ -132,7 +132,9 @@ impl Pipeline {
     pub(crate) fn flush_due(&self) -> bool {
         self.pending >= self.cfg.flush_max_rows
             || (self.last_flush.elapsed() >= self.cfg.flush_interval
-                && (self.pending > 0 || self.last_commit.iter().any(|t| t.elapsed() >= IDLE_COMMIT_INTERVAL)))
+                && (self.pending > 0
+                    || (self.last_commit.iter().any(|t| t.elapsed() >= IDLE_COMMIT_INTERVAL)
+                        && self.parts.iter().any(|p| TableKind::ALL.iter().any(|t| p.behind(*t))))))
     }
 
     /// Takes ownership of partitions: reads each one's watermarks and dedup
@@ -192,8 +194,11 @@ impl Pipeline {
         let started = Instant::now();
         let rt = self.rt.clone();
         let mut reset: Vec<usize> = Vec::new();
+        tracing::debug!(pending = self.pending, "flush: tables");
         let committed_any = rt.block_on(self.flush_tables(&mut reset));
+        let tables_took = started.elapsed();
         let published = rt.block_on(self.publish_deduped(&reset));
+        tracing::debug!(committed_any, reset = reset.len(), tables = ?tables_took, total = ?started.elapsed(), "flush: tables and deduped stream done");
         reset.extend(published);
         reset.sort_unstable();
         reset.dedup();
@@ -223,8 +228,14 @@ impl Pipeline {
         self.pending = 0;
         self.last_flush = Instant::now();
         if committed_any {
+            let took = started.elapsed();
             self.metrics.flushes.inc();
-            self.metrics.flush_seconds.observe(started.elapsed().as_secs_f64());
+            self.metrics.flush_seconds.observe(took.as_secs_f64());
+            if took > Duration::from_secs(5) {
+                tracing::warn!(took = ?took, tables = ?tables_took, "slow flush");
+            } else {
+                tracing::debug!(took = ?took, "flushed");
+            }
         }
     }
 

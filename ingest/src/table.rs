@@ -125,33 +125,48 @@ impl DeltaSink {
     /// Loads the table, creating it when the store has none yet. Safe when
     /// several instances start at once: a lost creation race just loads.
     pub async fn open(store: &Store, kind: TableKind) -> Result<DeltaSink> {
-        let mut table = store.table(kind.name())?;
+        let name = kind.name();
+        let mut table = store.table(name)?;
         for attempt in 0..5 {
-            match table.load().await {
-                Ok(()) => return Ok(DeltaSink { kind, table }),
-                Err(DeltaTableError::NotATable(_)) => {
-                    let schema: StructType = kind
-                        .schema()
-                        .as_ref()
-                        .try_into_kernel()
-                        .map_err(|e| Error::delta(kind.name())(e.into()))?;
-                    let created = CreateBuilder::new()
-                        .with_log_store(table.log_store())
-                        .with_columns(schema.fields().cloned())
-                        .with_partition_columns(PARTITION_COLUMNS)
-                        .with_table_name(kind.name())
-                        .with_save_mode(SaveMode::Ignore)
-                        .await;
-                    match created {
-                        Ok(t) => table = t,
-                        Err(e) if attempt < 4 => {
-                            tracing::debug!(table = kind.name(), error = %e, "create raced; reloading");
-                            table = store.table(kind.name())?;
-                        }
-                        Err(e) => return Err(Error::delta(kind.name())(e)),
+            let exists = table
+                .log_store()
+                .is_delta_table_location()
+                .await
+                .map_err(Error::delta(name))?;
+            if exists {
+                match table.load().await {
+                    Ok(()) => return Ok(DeltaSink { kind, table }),
+                    Err(e) if attempt < 4 => {
+                        tracing::debug!(table = name, error = %e, "load raced with creation; retrying");
+                        tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                        table = store.table(name)?;
+                        continue;
                     }
+                    Err(e) => return Err(Error::delta(name)(e)),
                 }
-                Err(e) => return Err(Error::delta(kind.name())(e)),
+            }
+            let schema: StructType = kind
+                .schema()
+                .as_ref()
+                .try_into_kernel()
+                .map_err(|e| Error::delta(name)(e.into()))?;
+            let created = CreateBuilder::new()
+                .with_log_store(table.log_store())
+                .with_columns(schema.fields().cloned())
+                .with_partition_columns(PARTITION_COLUMNS)
+                .with_table_name(name)
+                .with_save_mode(SaveMode::Ignore)
+                .await;
+            match created {
+                Ok(t) => {
+                    tracing::info!(table = name, "created table");
+                    return Ok(DeltaSink { kind, table: t });
+                }
+                Err(e) => {
+                    // Another instance created it first: load theirs.
+                    tracing::debug!(table = name, error = %e, "create raced; reloading");
+                    table = store.table(name)?;
+                }
             }
         }
         Err(Error::Config(format!("could not load or create table {}", kind.name())))

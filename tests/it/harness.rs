@@ -95,7 +95,7 @@ impl Ingest {
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
             .args(["--flush-interval", "300ms"])
             .args(extra)
-            .env("ESTATE_LOG", "info,librdkafka=warn")
+            .env("ESTATE_LOG", std::env::var("ESTATE_TEST_LOG").unwrap_or_else(|_| "info,buoyant_kernel=warn,deltalake_core=warn,librdkafka=warn".into()))
             .stdout(Stdio::null())
             .stderr(logf)
             .spawn()
@@ -124,7 +124,10 @@ impl Ingest {
 
     /// The last lines of its log.
     pub fn log_tail(&self) -> String {
-        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let s = std::fs::read_to_string(&self.log).unwrap_or_else(|e| format!("(cannot read log: {e})"));
+        if std::env::var_os("ESTATE_TEST_DEBUG").is_some() {
+            let _ = std::fs::copy(&self.log, "/tmp/estate-last-ingest.log");
+        }
         let lines: Vec<&str> = s.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
@@ -196,10 +199,18 @@ pub fn sql_text(store: &Path, query: &str) -> String {
 }
 
 /// Waits until `f` is true, or panics with `what` after `timeout`.
-pub fn wait_for(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+pub fn wait_for(timeout: Duration, what: &str, f: impl FnMut() -> bool) {
+    wait_for_logged(timeout, what, &[], f);
+}
+
+/// Like [`wait_for`], printing the ingest logs on timeout.
+pub fn wait_for_logged(timeout: Duration, what: &str, logs: &[&Ingest], mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        if Instant::now() >= deadline {
+            let tails: Vec<String> = logs.iter().map(|i| format!("--- {}\n{}", i.log.display(), i.log_tail())).collect();
+            panic!("timed out after {timeout:?} waiting for {what}\n{}", tails.join("\n"));
+        }
         std::thread::sleep(Duration::from_millis(250));
     }
 }
