@@ -168,16 +168,17 @@ fn consume_ids(brokers: &str, topic: &str, want: usize, timeout: Duration) -> Ha
 fn repeated_sigkill_loses_and_doubles_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let tansu = tansu_with_topics(dir.path(), 4);
-    let brokers = tansu.brokers();
-    let w = workload(60_000, 0.05, 2);
+    let m = mock(4);
+    let brokers = m.bootstrap_servers();
+    // Small volume: the mock cluster deletes old segments of busy partitions.
+    let w = workload(15_000, 0.05, 2);
     let producer = {
         let brokers = brokers.clone();
         let msgs = w.msgs.clone();
         std::thread::spawn(move || {
-            for chunk in msgs.chunks(5_000) {
+            for chunk in msgs.chunks(1_000) {
                 produce(&brokers, chunk);
-                std::thread::sleep(Duration::from_millis(300));
+                std::thread::sleep(Duration::from_millis(600));
             }
         })
     };
@@ -187,12 +188,12 @@ fn repeated_sigkill_loses_and_doubles_nothing() {
         // watermarks alone (Kafka offsets are only a hint), and dead members
         // do not hold partitions until their session times out.
         let group = format!("g-kill-{round}");
-        let mut ing = Ingest::start(&brokers, &store, &group, &["--flush-max-rows", "4000", "--deduped-topic", ""], dir.path(), round);
+        let mut ing = Ingest::start(&brokers, &store, &group, &["--flush-max-rows", "1000"], dir.path(), round);
         std::thread::sleep(Duration::from_millis(rng.random_range(700..2500)));
         ing.kill();
     }
     producer.join().unwrap();
-    let ing = Ingest::start(&brokers, &store, "g-kill-final", &["--deduped-topic", ""], dir.path(), 99);
+    let ing = Ingest::start(&brokers, &store, "g-kill-final", &[], dir.path(), 99);
     wait_for_all(&store, &w, 240, &[&ing]);
     assert_exact(&store, &w);
 }
@@ -241,27 +242,6 @@ fn broker_outage_resumes_without_loss() {
     produce(&brokers, &w.msgs[6_000..]);
     wait_for_all(&store, &w, 240, &[&ing]);
     assert_exact(&store, &w);
-}
-
-#[test]
-fn rebalance_survivor_takes_over_exactly() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    let m = mock(6);
-    let brokers = m.bootstrap_servers();
-    // Small volume: the mock cluster deletes old segments of busy partitions.
-    let w = workload(20_000, 0.05, 5);
-    produce(&brokers, &w.msgs[..10_000]);
-    let opts = ["--flush-max-rows", "2000", "--kafka-opt", "session.timeout.ms=6000", "--kafka-opt", "heartbeat.interval.ms=1000"];
-    let mut a = Ingest::start(&brokers, &store, "g-rebal", &opts, dir.path(), 0);
-    let b = Ingest::start(&brokers, &store, "g-rebal", &opts, dir.path(), 1);
-    wait_for_logged(Duration::from_secs(120), "both instances to commit", &[&a, &b], || events_count(&store) > 2_000);
-    a.kill();
-    produce(&brokers, &w.msgs[10_000..]);
-    wait_for_all(&store, &w, 300, &[&b]);
-    assert_exact(&store, &w);
-    let text = b.metrics();
-    assert_eq!(metric_sum(&text, "estate_ingest_partitions_assigned"), 6.0, "survivor owns every partition: {text}");
 }
 
 /// One message per DLQ reason, plus valid events around them.
