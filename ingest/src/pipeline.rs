@@ -194,7 +194,6 @@ impl Pipeline {
         let started = Instant::now();
         let rt = self.rt.clone();
         let mut reset: Vec<usize> = Vec::new();
-        tracing::debug!(pending = self.pending, "flush: tables");
         let committed_any = rt.block_on(self.flush_tables(&mut reset));
         let tables_took = started.elapsed();
         let published = rt.block_on(self.publish_deduped(&reset));

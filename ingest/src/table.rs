@@ -169,7 +169,7 @@ impl DeltaSink {
                 }
             }
         }
-        Err(Error::Config(format!("could not load or create table {}", kind.name())))
+        Err(Error::Config(format!("could not load or create table {name}")))
     }
 
     /// Which table.

@@ -125,9 +125,6 @@ impl Ingest {
     /// The last lines of its log.
     pub fn log_tail(&self) -> String {
         let s = std::fs::read_to_string(&self.log).unwrap_or_else(|e| format!("(cannot read log: {e})"));
-        if std::env::var_os("ESTATE_TEST_DEBUG").is_some() {
-            let _ = std::fs::copy(&self.log, "/tmp/estate-last-ingest.log");
-        }
         let lines: Vec<&str> = s.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
