@@ -46,6 +46,9 @@ enum Command {
     /// Consume events from Kafka and commit them, deduplicated and exactly
     /// once, to the Delta tables on the store.
     Ingest(estate_ingest::IngestArgs),
+    /// Answer SQL over the estate, tenant-isolated, over HTTP and Arrow
+    /// Flight SQL.
+    Query(estate_query::QueryArgs),
 }
 
 fn init_tracing(format: LogFormat, filter: &str) -> anyhow::Result<()> {
@@ -90,6 +93,9 @@ fn main() -> anyhow::Result<()> {
                 let kind = e.kind();
                 anyhow::Error::new(e).context(format!("ingest failed ({kind:?} error)"))
             }),
+            Command::Query(args) => estate_query::run(args, shutdown_signal())
+                .await
+                .map_err(|e| anyhow::Error::new(e).context("query service failed")),
         }
     })
 }

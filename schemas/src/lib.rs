@@ -22,6 +22,7 @@ mod batch;
 mod decode;
 mod level;
 mod reason;
+mod stateful;
 mod tenant;
 
 pub use batch::{
@@ -35,6 +36,7 @@ pub use decode::{
 };
 pub use level::{Level, State};
 pub use reason::Reason;
+pub use stateful::{STATEFUL_PAIRS, condition_of, condition_sql, state_of};
 pub use tenant::{is_valid_tenant, TENANT_TOPIC_PREFIX};
 
 #[cfg(test)]

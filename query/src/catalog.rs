@@ -1,0 +1,193 @@
+//! The estate's Delta tables, kept current, and the per-principal file sets.
+//!
+//! A background task polls each table's log every `--refresh-interval` and
+//! applies new commits incrementally (`update_incremental`), so the whole log
+//! is never replayed per query. Each refresh publishes an immutable
+//! [`Pinned`] snapshot; a query takes the four current snapshots once, at
+//! session creation, and reads only those, so every query sees one
+//! consistent version of each table.
+//!
+//! Tenancy is enforced here: when a snapshot is published, its active files
+//! are grouped by their `tenant` partition value, and a tenant's table
+//! provider is built with exactly that tenant's file list
+//! ([`FileSelection`]). Files of other tenants are never in the plan, the
+//! EXPLAIN output or any error message of that session.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use deltalake::DeltaTable;
+use deltalake::datafusion::catalog::TableProvider;
+use deltalake::datafusion::datasource::MemTable;
+use deltalake::datafusion::error::Result as DfResult;
+use deltalake::delta_datafusion::{DeltaScanNext, FileSelection};
+use deltalake::kernel::EagerSnapshot;
+use deltalake::logstore::LogStoreRef;
+use estate_ingest::{Store, TableKind};
+
+use crate::auth::Principal;
+use crate::error::{Error, Result};
+
+/// One published version of a table.
+#[derive(Debug)]
+pub struct Pinned {
+    /// Delta table version.
+    pub version: i64,
+    snapshot: Arc<EagerSnapshot>,
+    log_store: LogStoreRef,
+    /// Active file paths (relative to the table root) per tenant.
+    by_tenant: HashMap<String, Vec<String>>,
+    /// Active files in the table.
+    pub files: usize,
+}
+
+impl Pinned {
+    /// Active files a principal may read.
+    pub fn visible_files(&self, principal: &Principal) -> usize {
+        match principal {
+            Principal::Operator => self.files,
+            Principal::Tenant(t) => self.by_tenant.get(t).map_or(0, Vec::len),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Slot {
+    kind: TableKind,
+    table: tokio::sync::Mutex<DeltaTable>,
+    current: RwLock<Option<Arc<Pinned>>>,
+}
+
+/// The four tables of the estate.
+#[derive(Debug)]
+pub struct Catalog {
+    store: Store,
+    slots: Vec<Slot>,
+}
+
+/// The snapshots one query reads.
+#[derive(Debug, Clone)]
+pub struct Snapshots {
+    tables: Vec<(TableKind, Option<Arc<Pinned>>)>,
+}
+
+impl Snapshots {
+    /// The pinned version of a table, `None` while it does not exist yet.
+    pub fn get(&self, kind: TableKind) -> Option<&Arc<Pinned>> {
+        self.tables.iter().find(|(k, _)| *k == kind).and_then(|(_, p)| p.as_ref())
+    }
+
+    /// Files a principal may read, over all tables.
+    pub fn visible_files(&self, principal: &Principal) -> usize {
+        self.tables.iter().filter_map(|(_, p)| p.as_ref()).map(|p| p.visible_files(principal)).sum()
+    }
+}
+
+impl Catalog {
+    /// Opens the tables that exist; the others are picked up once ingest
+    /// creates them.
+    pub async fn open(store: Store) -> Result<Arc<Catalog>> {
+        let mut slots = Vec::with_capacity(TableKind::ALL.len());
+        for kind in TableKind::ALL {
+            let table = store.table(kind.name()).map_err(|e| Error::Config(e.to_string()))?;
+            slots.push(Slot { kind, table: tokio::sync::Mutex::new(table), current: RwLock::new(None) });
+        }
+        let catalog = Arc::new(Catalog { store, slots });
+        catalog.refresh().await;
+        Ok(catalog)
+    }
+
+    /// The store root URL, as text (redacted from error messages).
+    pub fn root(&self) -> &str {
+        self.store.url().as_str()
+    }
+
+    /// Applies new commits of every table. Errors are logged and retried on
+    /// the next round; readers keep the last good snapshot meanwhile.
+    pub async fn refresh(&self) {
+        for slot in &self.slots {
+            if let Err(e) = self.refresh_one(slot).await {
+                tracing::warn!(table = slot.kind.name(), error = %e, "refreshing table failed; serving the last snapshot");
+            }
+        }
+    }
+
+    async fn refresh_one(&self, slot: &Slot) -> Result<()> {
+        let mut table = slot.table.lock().await;
+        let before = table.version();
+        match table.update_incremental(None).await {
+            Ok(()) => {}
+            Err(deltalake::DeltaTableError::NotATable(_)) => return Ok(()),
+            Err(e) => {
+                // A table whose log does not exist yet is not an error.
+                if before.is_none() && e.to_string().contains("Not a Delta table") {
+                    return Ok(());
+                }
+                return Err(Error::Store { url: self.store.table_url(slot.kind.name()).to_string(), source: e });
+            }
+        }
+        let Some(version) = table.version() else { return Ok(()) };
+        if before == Some(version) && slot.current.read().expect("catalog lock").is_some() {
+            return Ok(());
+        }
+        let state = table.snapshot().map_err(|source| Error::Store {
+            url: self.store.table_url(slot.kind.name()).to_string(),
+            source,
+        })?;
+        let snapshot = state.snapshot().clone();
+        let mut by_tenant: HashMap<String, Vec<String>> = HashMap::new();
+        let mut files = 0;
+        for f in state.log_data().iter() {
+            files += 1;
+            let tenant = f.partition_values_map().remove("tenant").flatten().unwrap_or_default();
+            by_tenant.entry(tenant).or_default().push(f.path().into_owned());
+        }
+        let pinned = Pinned { version: version as i64, snapshot: Arc::new(snapshot), log_store: table.log_store(), by_tenant, files };
+        tracing::debug!(table = slot.kind.name(), version, files, "snapshot published");
+        *slot.current.write().expect("catalog lock") = Some(Arc::new(pinned));
+        Ok(())
+    }
+
+    /// Polls for new commits until the task is dropped.
+    pub async fn refresh_loop(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.refresh().await;
+        }
+    }
+
+    /// The current snapshot of every table.
+    pub fn snapshots(&self) -> Snapshots {
+        Snapshots {
+            tables: self
+                .slots
+                .iter()
+                .map(|s| (s.kind, s.current.read().expect("catalog lock").clone()))
+                .collect(),
+        }
+    }
+}
+
+/// Builds the table provider a principal reads: the pinned snapshot,
+/// restricted to the principal's files; an empty table with the contract's
+/// columns when the table does not exist yet.
+pub async fn provider(
+    kind: TableKind,
+    pinned: Option<&Arc<Pinned>>,
+    principal: &Principal,
+) -> DfResult<Arc<dyn TableProvider>> {
+    let Some(p) = pinned else {
+        return Ok(Arc::new(MemTable::try_new(kind.schema(), vec![vec![]])?));
+    };
+    let mut builder = DeltaScanNext::builder()
+        .with_log_store(p.log_store.clone())
+        .with_eager_snapshot(p.snapshot.clone());
+    if let Principal::Tenant(t) = principal {
+        let paths = p.by_tenant.get(t).cloned().unwrap_or_default();
+        builder = builder.with_file_selection(FileSelection::from_file_paths(paths));
+    }
+    Ok(Arc::new(builder.build().await?))
+}

@@ -1,0 +1,96 @@
+//! Per-query DataFusion sessions, scoped to one principal.
+//!
+//! Each query gets a fresh `SessionContext` with its own memory pool (the
+//! per-query limit, spilling to disk where operators support it) and with
+//! the base tables bound to the snapshots pinned for that query, restricted
+//! to the principal's files (see [`crate::catalog`]). Views are planned in
+//! the same session, so they inherit the restriction.
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use deltalake::datafusion::catalog::view::ViewTable;
+use deltalake::datafusion::error::Result as DfResult;
+use deltalake::datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use deltalake::datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
+use deltalake::datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use deltalake::datafusion::execution::session_state::SessionStateBuilder;
+use deltalake::datafusion::prelude::{SessionConfig, SessionContext};
+use estate_ingest::TableKind;
+
+use crate::auth::Principal;
+use crate::catalog::{Snapshots, provider};
+use crate::views::{PollerThresholds, views};
+
+/// The catalog and schema names sessions use.
+pub const CATALOG: &str = "estate";
+/// The schema of the estate tables.
+pub const SCHEMA: &str = "public";
+
+/// The SQL name of each base table.
+pub fn base_table_name(kind: TableKind) -> &'static str {
+    match kind {
+        TableKind::Nodes => "node_snapshots",
+        other => other.name(),
+    }
+}
+
+/// Builds sessions.
+#[derive(Debug, Clone)]
+pub struct SessionFactory {
+    threads: usize,
+    memory: usize,
+    spill_dir: Option<PathBuf>,
+    views: Vec<(&'static str, String)>,
+}
+
+impl SessionFactory {
+    /// A factory for sessions with these limits.
+    pub fn new(threads: usize, memory: usize, spill_dir: Option<PathBuf>, thresholds: PollerThresholds) -> Self {
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(2, NonZeroUsize::get)
+        } else {
+            threads
+        };
+        SessionFactory { threads, memory, spill_dir, views: views(thresholds) }
+    }
+
+    /// Threads per query.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// A session that reads `snapshots` as `principal`.
+    pub async fn session(&self, principal: &Principal, snapshots: &Snapshots) -> DfResult<SessionContext> {
+        let config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_target_partitions(self.threads)
+            .with_default_catalog_and_schema(CATALOG, SCHEMA)
+            .with_create_default_catalog_and_schema(true);
+        let pool = TrackConsumersPool::new(FairSpillPool::new(self.memory), NonZeroUsize::new(3).expect("3 > 0"));
+        let disk = match &self.spill_dir {
+            Some(dir) => DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![dir.clone()])),
+            None => DiskManagerBuilder::default().with_mode(DiskManagerMode::OsTmpDirectory),
+        };
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(pool))
+            .with_disk_manager_builder(disk)
+            .build_arc()?;
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        for kind in TableKind::ALL {
+            let table = provider(kind, snapshots.get(kind), principal).await?;
+            ctx.register_table(base_table_name(kind), table)?;
+        }
+        for (name, sql) in &self.views {
+            let plan = ctx.state().create_logical_plan(sql).await?;
+            ctx.register_table(*name, Arc::new(ViewTable::new(plan, Some(sql.clone()))))?;
+        }
+        Ok(ctx)
+    }
+}

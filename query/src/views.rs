@@ -1,0 +1,112 @@
+//! The derived views every session sees, as SQL over the base tables.
+//!
+//! Base tables: `events`, `node_snapshots` (every `nodes` row), `heartbeats`,
+//! `receipts`. Views: `nodes` (latest snapshot per node), `active_events`,
+//! `pollers`, `loss_audit`. Views are planned inside the principal's session,
+//! so they read exactly the files the base tables resolve for that principal.
+
+use std::time::Duration;
+
+/// Thresholds of the `pollers` view.
+#[derive(Debug, Clone, Copy)]
+pub struct PollerThresholds {
+    /// Older than this: `late`.
+    pub late_after: Duration,
+    /// Older than this, or no heartbeat at all: `down`.
+    pub down_after: Duration,
+}
+
+/// `(name, SQL)` of every view, in dependency order.
+pub fn views(t: PollerThresholds) -> Vec<(&'static str, String)> {
+    vec![
+        ("nodes", NODES.to_owned()),
+        ("active_events", active_events()),
+        ("pollers", pollers(t)),
+        ("loss_audit", LOSS_AUDIT.to_owned()),
+    ]
+}
+
+const NODES: &str = "\
+SELECT tenant, poller, node, node_uuid, level, level_rank, time, attrs, ingested_at \
+FROM (SELECT *, row_number() OVER (PARTITION BY tenant, node ORDER BY time DESC, ingested_at DESC) AS rn \
+      FROM node_snapshots) AS latest \
+WHERE rn = 1";
+
+fn active_events() -> String {
+    let cond = estate_schemas::condition_sql("event");
+    format!(
+        "WITH s AS (\
+           SELECT tenant, node, element, {cond} AS condition, event, level, level_rank, state, time, \
+                  poller, details, event_id \
+           FROM events WHERE state IS NOT NULL), \
+         k AS (\
+           SELECT tenant, node, element, condition, \
+                  max(CASE WHEN state = 'up' THEN time END) AS last_up, \
+                  max(CASE WHEN state = 'down' THEN time END) AS last_down \
+           FROM s GROUP BY tenant, node, element, condition), \
+         open AS (SELECT * FROM k WHERE last_down IS NOT NULL AND (last_up IS NULL OR last_down > last_up)), \
+         run AS (\
+           SELECT s.tenant, s.node, s.element, s.condition, s.event, s.level, s.level_rank, s.time, \
+                  s.poller, s.details, s.event_id, \
+                  min(s.time) OVER (PARTITION BY s.tenant, s.node, s.element, s.condition) AS since, \
+                  row_number() OVER (PARTITION BY s.tenant, s.node, s.element, s.condition \
+                                     ORDER BY s.time DESC, s.event_id DESC) AS rn \
+           FROM s JOIN open ON s.tenant = open.tenant AND s.node = open.node \
+                AND s.element = open.element AND s.condition = open.condition \
+           WHERE s.state = 'down' AND (open.last_up IS NULL OR s.time > open.last_up)) \
+         SELECT tenant, node, condition AS event, element, level, level_rank, since AS start_time, \
+                time AS last_change, to_unixtime(now()) - to_unixtime(since) AS duration_s, \
+                poller, details, event_id \
+         FROM run WHERE rn = 1"
+    )
+}
+
+fn pollers(t: PollerThresholds) -> String {
+    let late = t.late_after.as_secs();
+    let down = t.down_after.as_secs();
+    format!(
+        "WITH hb AS (\
+           SELECT tenant, poller, epoch, seq, time, spool_depth, \
+                  row_number() OVER (PARTITION BY tenant, poller ORDER BY time DESC, seq DESC) AS rn \
+           FROM heartbeats), \
+         last_hb AS (SELECT * FROM hb WHERE rn = 1), \
+         ev AS (\
+           SELECT tenant, poller, count(*) AS recent, max(time) AS last_event FROM events \
+           WHERE time >= now() - INTERVAL '10 minutes' GROUP BY tenant, poller), \
+         known AS (SELECT tenant, poller FROM last_hb UNION SELECT tenant, poller FROM ev) \
+         SELECT k.tenant, k.poller, h.epoch, h.seq AS last_seq, h.time AS last_heartbeat, \
+                to_unixtime(now()) - to_unixtime(h.time) AS seconds_since, \
+                CAST(coalesce(ev.recent, 0) AS DOUBLE) / 10.0 AS events_per_minute, \
+                ev.last_event, h.spool_depth, \
+                CASE WHEN h.time IS NULL THEN 'down' \
+                     WHEN to_unixtime(now()) - to_unixtime(h.time) > {down} THEN 'down' \
+                     WHEN to_unixtime(now()) - to_unixtime(h.time) > {late} THEN 'late' \
+                     ELSE 'up' END AS status \
+         FROM known k \
+         LEFT JOIN last_hb h ON k.tenant = h.tenant AND k.poller = h.poller \
+         LEFT JOIN ev ON k.tenant = ev.tenant AND k.poller = ev.poller"
+    )
+}
+
+/// Gaps in the union of receipt ranges per (tenant, poller, epoch), plus the
+/// tail missing against the highest seq a heartbeat reported. Seqs start at
+/// 1, so a first range that starts later is a gap too.
+const LOSS_AUDIT: &str = "\
+WITH ordered AS (\
+  SELECT tenant, poller, epoch, seq_start, seq_end, \
+         max(seq_end) OVER (PARTITION BY tenant, poller, epoch ORDER BY seq_start, seq_end \
+                            ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS covered \
+  FROM receipts), \
+gaps AS (\
+  SELECT tenant, poller, epoch, coalesce(covered, 0) + 1 AS first_missing, \
+         seq_start - coalesce(covered, 0) - 1 AS missing, 'gap' AS kind \
+  FROM ordered WHERE seq_start > coalesce(covered, 0) + 1), \
+reported AS (SELECT tenant, poller, epoch, max(seq) AS last_seq FROM heartbeats GROUP BY tenant, poller, epoch), \
+received AS (SELECT tenant, poller, epoch, max(seq_end) AS last_seq FROM receipts GROUP BY tenant, poller, epoch), \
+tail AS (\
+  SELECT r.tenant, r.poller, r.epoch, coalesce(x.last_seq, 0) + 1 AS first_missing, \
+         r.last_seq - coalesce(x.last_seq, 0) AS missing, 'tail' AS kind \
+  FROM reported r LEFT JOIN received x ON r.tenant = x.tenant AND r.poller = x.poller AND r.epoch = x.epoch \
+  WHERE r.last_seq > coalesce(x.last_seq, 0)) \
+SELECT tenant, poller, epoch, first_missing, missing, kind FROM gaps \
+UNION ALL SELECT tenant, poller, epoch, first_missing, missing, kind FROM tail";
