@@ -49,6 +49,15 @@ enum Command {
     /// Answer SQL over the estate, tenant-isolated, over HTTP and Arrow
     /// Flight SQL.
     Query(estate_query::QueryArgs),
+    /// Run the edge agent: tail an NMIS event log (or JSON lines), stamp and
+    /// spool every event durably, and forward the spool to Kafka.
+    Poller(estate_poller::PollerArgs),
+    /// Simulate an estate of tenants × pollers × nodes into Kafka and write
+    /// the ground truth.
+    Loadgen(estate_loadgen::LoadgenArgs),
+    /// Compare the estate (query service + DLQ) with a loadgen ground truth;
+    /// exits non-zero on any mismatch.
+    Verify(estate_loadgen::VerifyArgs),
 }
 
 fn init_tracing(format: LogFormat, filter: &str) -> anyhow::Result<()> {
@@ -96,6 +105,18 @@ fn main() -> anyhow::Result<()> {
             Command::Query(args) => estate_query::run(args, shutdown_signal())
                 .await
                 .map_err(|e| anyhow::Error::new(e).context("query service failed")),
+            Command::Poller(args) => estate_poller::run(args, shutdown_signal()).await.map_err(|e| {
+                let kind = e.kind();
+                anyhow::Error::new(e).context(format!("poller failed ({kind:?} error)"))
+            }),
+            Command::Loadgen(args) => tokio::task::spawn_blocking(move || estate_loadgen::run_loadgen(&args).map(|_| ()))
+                .await
+                .context("loadgen thread")?
+                .context("loadgen failed"),
+            Command::Verify(args) => tokio::task::spawn_blocking(move || estate_loadgen::run_verify(&args))
+                .await
+                .context("verify thread")?
+                .context("verify failed"),
         }
     })
 }
