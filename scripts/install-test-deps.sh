@@ -12,3 +12,14 @@ else
   echo "tansu: installing ${TANSU_VERSION} (about 9 minutes on 2 cores, once)"
   cargo install tansu --version "${TANSU_VERSION}" --locked --no-default-features --features libsql
 fi
+
+# Python with DuckDB, deltalake and pyarrow from PyPI: the correctness check of
+# the standard queries against DuckDB, and the comparison benchmarks.
+VENV="${ESTATE_VENV:-$HOME/.cache/estate/venv}"
+if "$VENV/bin/python" -c 'import duckdb, deltalake, pyarrow' >/dev/null 2>&1; then
+  echo "python venv: ready ($VENV)"
+else
+  echo "python venv: creating $VENV with duckdb, deltalake, pyarrow"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "duckdb>=1.1" "deltalake>=1.1" "pyarrow>=17"
+fi

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use deltalake::arrow::array::RecordBatch;
-use deltalake::arrow::datatypes::SchemaRef;
+use deltalake::arrow::compute::cast;
+use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use deltalake::datafusion::datasource::physical_plan::FileScanConfig;
 use deltalake::datafusion::datasource::source::DataSourceExec;
 use deltalake::datafusion::common::tree_node::TreeNode;
@@ -47,6 +48,46 @@ pub struct Answer {
     pub batches: Vec<RecordBatch>,
     /// Row count.
     pub rows: usize,
+}
+
+impl Answer {
+    /// The answer with dictionaries expanded and string/binary views as
+    /// plain strings/binaries: the types every Arrow client reads.
+    pub fn plain(&self) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        let schema = plain_schema(&self.schema);
+        let batches = self.batches.iter().map(|b| plain_batch(b, &schema)).collect::<Result<Vec<_>>>()?;
+        Ok((schema, batches))
+    }
+}
+
+fn plain_type(t: &DataType) -> DataType {
+    match t {
+        DataType::Dictionary(_, v) => plain_type(v),
+        DataType::Utf8View => DataType::Utf8,
+        DataType::BinaryView => DataType::Binary,
+        other => other.clone(),
+    }
+}
+
+/// The schema with dictionaries and views replaced by plain types.
+pub fn plain_schema(schema: &Schema) -> SchemaRef {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_data_type(plain_type(f.data_type())))
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
+fn plain_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    let cols = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c.clone()) } else { cast(c, f.data_type()) })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::Internal(format!("converting the answer: {e}")))?;
+    RecordBatch::try_new(schema.clone(), cols).map_err(|e| Error::Internal(format!("converting the answer: {e}")))
 }
 
 /// A planned, not yet executed query.

@@ -7,8 +7,8 @@
 //! statement is bound to the token that created it: any other token is told
 //! the handle does not exist.
 //!
-//! Results are sent with dictionaries expanded and string views as plain
-//! strings, the types every Flight SQL client (ADBC, JDBC) reads.
+//! Results are sent in plain types ([`Answer::plain`](crate::engine::Answer::plain)),
+//! which every Flight SQL client (ADBC, JDBC) reads.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -29,15 +29,14 @@ use arrow_flight::{
     Ticket,
 };
 use deltalake::arrow::array::RecordBatch;
-use deltalake::arrow::compute::cast;
-use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use deltalake::arrow::datatypes::{Schema, SchemaRef};
 use deltalake::arrow::ipc::writer::IpcWriteOptions;
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{Auth, Principal};
-use crate::engine::Engine;
+use crate::engine::{Engine, plain_schema};
 use crate::error::Error;
 use crate::session::{CATALOG, SCHEMA};
 
@@ -73,36 +72,6 @@ pub fn to_status(e: Error) -> Status {
         413 | 429 => Status::resource_exhausted(msg),
         _ => Status::internal(msg),
     }
-}
-
-fn plain_type(t: &DataType) -> DataType {
-    match t {
-        DataType::Dictionary(_, v) => plain_type(v),
-        DataType::Utf8View => DataType::Utf8,
-        DataType::BinaryView => DataType::Binary,
-        other => other.clone(),
-    }
-}
-
-/// The schema with dictionaries and views replaced by plain types.
-fn plain_schema(schema: &Schema) -> SchemaRef {
-    let fields: Vec<Field> = schema
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone().with_data_type(plain_type(f.data_type())))
-        .collect();
-    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
-}
-
-fn plain_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, Status> {
-    let cols = batch
-        .columns()
-        .iter()
-        .zip(schema.fields())
-        .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c.clone()) } else { cast(c, f.data_type()) })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Status::internal(format!("converting the answer: {e}")))?;
-    RecordBatch::try_new(schema.clone(), cols).map_err(|e| Status::internal(format!("converting the answer: {e}")))
 }
 
 fn stream_batches(schema: SchemaRef, batches: Vec<RecordBatch>) -> Response<DoGetStream> {
@@ -179,8 +148,7 @@ impl FlightSql {
 
     async fn run(&self, principal: &Principal, sql: &str) -> Result<Response<DoGetStream>, Status> {
         let answer = self.engine.execute(principal, sql, "flight").await.map_err(to_status)?;
-        let schema = plain_schema(&answer.schema);
-        let batches = answer.batches.iter().map(|b| plain_batch(b, &schema)).collect::<Result<Vec<_>, _>>()?;
+        let (schema, batches) = answer.plain().map_err(to_status)?;
         Ok(stream_batches(schema, batches))
     }
 

@@ -95,8 +95,9 @@ fn encode(answer: &Answer, format: Format) -> Result<(Vec<u8>, &'static str)> {
             Ok((buf, "text/csv"))
         }
         Format::Arrow => {
-            let mut w = StreamWriter::try_new(Vec::new(), &answer.schema).map_err(internal)?;
-            for b in &answer.batches {
+            let (schema, batches) = answer.plain()?;
+            let mut w = StreamWriter::try_new(Vec::new(), &schema).map_err(internal)?;
+            for b in &batches {
                 w.write(b).map_err(internal)?;
             }
             w.finish().map_err(internal)?;

@@ -4,3 +4,6 @@
 
 mod harness;
 mod ingest;
+mod loadgen;
+mod poller;
+mod query;
