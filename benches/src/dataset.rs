@@ -124,11 +124,10 @@ pub async fn generate(store: &Store, spec: &Spec) -> anyhow::Result<Summary> {
         summary.events += 1;
     }
     // Last heartbeats.
-    for pi in 0..pollers.len() {
-        let old = pollers[pi].tenant == "tenant-001" && pollers[pi].id.ends_with("-p02");
+    for (pi, p) in pollers.iter_mut().enumerate() {
+        let old = p.tenant == "tenant-001" && p.id.ends_with("-p02");
         let time = if old { spec.now_ms - 7_200_000 } else { spec.now_ms };
-        let msg = heartbeat_msg(&mut pollers[pi], time);
-        messages.push((pi, msg));
+        messages.push((pi, heartbeat_msg(p, time)));
     }
     commit(&mut sinks, &mut pollers, &mut messages, spec.now_ms, true).await?;
     summary.commits += 1;

@@ -102,9 +102,7 @@ pub fn writer_properties(kind: TableKind) -> WriterProperties {
         .set_max_row_group_row_count(Some(1 << 20))
         .set_created_by(format!("estate {}", env!("CARGO_PKG_VERSION")));
     if kind == TableKind::Events {
-        for col in ["event_id"] {
-            b = b.set_column_dictionary_enabled(ColumnPath::from(col), false);
-        }
+        b = b.set_column_dictionary_enabled(ColumnPath::from("event_id"), false);
         for col in ["seq", "src_offset"] {
             b = b
                 .set_column_dictionary_enabled(ColumnPath::from(col), false)

@@ -304,7 +304,7 @@ fn level(v: &Option<Scalar<'_>>) -> Result<Level, Reason> {
     }
 }
 
-fn attrs<'a>(v: Option<&'a RawValue>) -> Result<Option<&'a str>, Reason> {
+fn attrs(v: Option<&RawValue>) -> Result<Option<&str>, Reason> {
     match v.map(RawValue::get) {
         None | Some("null") => Ok(None),
         Some(s) if s.starts_with('{') => Ok(Some(s)),
