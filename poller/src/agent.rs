@@ -75,7 +75,7 @@ pub async fn run(args: PollerArgs, shutdown: impl std::future::Future<Output = (
     }
     let spool = Arc::new(spool);
     let metrics = Arc::new(Metrics::default());
-    if let Some(addr) = args.metrics_addr {
+    if let Some(addr) = args.metrics_addr.0 {
         let local = metrics::serve(addr, metrics.clone()).await?;
         tracing::info!(addr = %local, "metrics listening");
     }

@@ -47,12 +47,16 @@ pub fn parse_fsync(s: &str) -> Result<FsyncPolicy, String> {
     }
 }
 
+/// A listen address, or none (`off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen(pub Option<SocketAddr>);
+
 /// Parses a listen address; `off` disables the endpoint.
-pub fn parse_addr(s: &str) -> Result<Option<SocketAddr>, String> {
+pub fn parse_addr(s: &str) -> Result<Listen, String> {
     if s == "off" || s.is_empty() {
-        return Ok(None);
+        return Ok(Listen(None));
     }
-    s.parse().map(Some).map_err(|e| format!("{s:?}: {e}"))
+    s.parse().map(|a| Listen(Some(a))).map_err(|e| format!("{s:?}: {e}"))
 }
 
 /// How spooled events are shipped.
@@ -168,7 +172,7 @@ pub struct PollerArgs {
 
     /// Prometheus `/metrics` and `/healthz` listen address, or `off`.
     #[arg(long, env = "ESTATE_METRICS_ADDR", default_value = "127.0.0.1:9465", value_parser = parse_addr)]
-    pub metrics_addr: Option<SocketAddr>,
+    pub metrics_addr: Listen,
 
     /// librdkafka setting passed through, e.g. `security.protocol=SASL_SSL` (repeatable).
     #[arg(long = "kafka-opt", env = "ESTATE_KAFKA_OPTS", value_parser = parse_kv, value_delimiter = ';', hide_env_values = true)]
@@ -194,6 +198,27 @@ mod tests {
         assert!(parse_size("1PB").is_err());
         assert_eq!(parse_fsync("always"), Ok(FsyncPolicy::Always));
         assert_eq!(parse_fsync("50ms"), Ok(FsyncPolicy::Interval(Duration::from_millis(50))));
-        assert_eq!(parse_addr("off"), Ok(None));
+        assert_eq!(parse_addr("off"), Ok(Listen(None)));
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: PollerArgs,
+    }
+
+    #[test]
+    fn the_command_line_parses() {
+        use clap::{CommandFactory, Parser};
+        Cli::command().debug_assert();
+        let c = Cli::try_parse_from([
+            "p", "--brokers", "b:9092", "--tenant", "acme", "--poller-id", "p1", "--spool-dir", "/s",
+            "--nmis-log", "/l", "--mode", "batch", "--sync-interval", "1m", "--spool-fsync", "10ms",
+            "--metrics-addr", "off", "--kafka-opt", "a=b", "--compression", "zstd", "--spool-max-bytes", "2GiB",
+        ])
+        .unwrap();
+        assert_eq!((c.args.mode, c.args.metrics_addr, c.args.spool_max_bytes), (Mode::Batch, Listen(None), 2 << 30));
+        assert_eq!(c.args.topic(), "estate.events");
+        assert!(Cli::try_parse_from(["p", "--brokers", "b", "--tenant", "a", "--poller-id", "p", "--spool-dir", "/s"]).is_err(), "an input is required");
     }
 }

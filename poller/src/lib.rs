@@ -38,7 +38,7 @@ mod tail;
 pub mod wire;
 
 pub use agent::run;
-pub use config::{Compression, Mode, PollerArgs, parse_addr, parse_duration, parse_fsync, parse_kv, parse_size};
+pub use config::{Compression, Listen, Mode, PollerArgs, parse_addr, parse_duration, parse_fsync, parse_kv, parse_size};
 pub use error::{Error, ErrorKind, Result};
 pub use input::{Item, parse_json, parse_nmis, stamp_json};
 pub use metrics::Metrics;

@@ -326,7 +326,9 @@ impl Spool {
             // after the last spooled line (it is still the same file).
             input = h.input;
         }
-        let next_id = ids.last().map_or(1, |l| l + 1);
+        // Segment numbers only grow, even when every segment was deleted:
+        // the acked position must never point past new records.
+        let next_id = ids.last().copied().unwrap_or(0).max(saved.as_ref().map_or(0, |s| s.acked.segment)) + 1;
         let path = seg_path(&dir, next_id);
         let mut file = File::create(&path).map_err(Error::io("creating spool segment", &path))?;
         file.write_all(MAGIC).map_err(Error::io("writing", &path))?;

@@ -143,3 +143,25 @@ fn full_spool_blocks_appends_until_acks_free_space() {
     assert_eq!(seen, (1..=2000).collect::<Vec<i64>>());
     assert!(!s.is_full());
 }
+
+#[test]
+fn segment_numbers_keep_growing_when_every_segment_was_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = Spool::open(cfg(dir.path(), 1 << 30, 4096)).unwrap();
+    append_n(&s, 1, 100);
+    let recs = read_all(&s);
+    s.ack(recs.last().unwrap().end, 100, (s.epoch(), 100), None);
+    s.checkpoint().unwrap();
+    drop(s);
+    for e in std::fs::read_dir(dir.path()).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|e| e == "seg") {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    let (s, rec) = Spool::open(cfg(dir.path(), 1 << 30, 4096)).unwrap();
+    assert!(!rec.new_epoch);
+    append_n(&s, 101, 3);
+    let recs = read_all(&s);
+    assert_eq!(recs.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![101, 102, 103]);
+}

@@ -4,6 +4,7 @@
 
 mod harness;
 mod ingest;
+mod poller;
 mod loadgen;
 mod poller;
 mod query;
