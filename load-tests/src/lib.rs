@@ -28,3 +28,29 @@ pub use error::{Error, Result};
 pub use loadgen::{LoadgenArgs, run as run_loadgen};
 pub use truth::Truth;
 pub use verify::{VerifyArgs, run as run_verify};
+
+#[cfg(test)]
+mod cli_tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    enum Cli {
+        Loadgen(LoadgenArgs),
+        Verify(VerifyArgs),
+    }
+
+    #[test]
+    fn the_command_lines_parse() {
+        Cli::command().debug_assert();
+        let Cli::Loadgen(l) = Cli::try_parse_from(["x", "loadgen", "--brokers", "b", "--truth", "t.json", "--rate", "50", "--duration", "2s"]).unwrap() else {
+            panic!()
+        };
+        assert_eq!((l.rate, l.duration, l.tenants), (50.0, std::time::Duration::from_secs(2), 3));
+        let Cli::Verify(v) = Cli::try_parse_from(["x", "verify", "--truth", "t", "--query-url", "http://h:1", "--token", "s"]).unwrap() else {
+            panic!()
+        };
+        assert!(v.brokers.is_none());
+    }
+}

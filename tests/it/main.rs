@@ -4,7 +4,6 @@
 
 mod harness;
 mod ingest;
-mod poller;
 mod loadgen;
 mod poller;
 mod query;
