@@ -13,13 +13,15 @@ else
   cargo install tansu --version "${TANSU_VERSION}" --locked --no-default-features --features libsql
 fi
 
-# Python with DuckDB, deltalake and pyarrow from PyPI: the correctness check of
-# the standard queries against DuckDB, and the comparison benchmarks.
+# Python with DuckDB, deltalake, pyarrow and the ADBC Flight SQL driver from
+# PyPI: the correctness check of the standard queries against DuckDB, a real
+# Flight SQL client, and the comparison benchmarks.
 VENV="${ESTATE_VENV:-$HOME/.cache/estate/venv}"
-if "$VENV/bin/python" -c 'import duckdb, deltalake, pyarrow' >/dev/null 2>&1; then
+if "$VENV/bin/python" -c 'import duckdb, deltalake, pyarrow, adbc_driver_flightsql' >/dev/null 2>&1; then
   echo "python venv: ready ($VENV)"
 else
-  echo "python venv: creating $VENV with duckdb, deltalake, pyarrow"
+  echo "python venv: creating $VENV with duckdb, deltalake, pyarrow, adbc-driver-flightsql"
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check "duckdb>=1.1" "deltalake>=1.1" "pyarrow>=17"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "duckdb>=1.1" "deltalake>=1.1" "pyarrow>=17" adbc-driver-flightsql adbc-driver-manager
 fi

@@ -604,6 +604,15 @@ fn flight_sql() {
         let info = acme.get_sql_info(vec![arrow_flight::sql::SqlInfo::FlightSqlServerName]).await.unwrap();
         assert_eq!(rows(&fetch(&mut acme, info).await), 1);
     });
+
+    // A real third-party client: the ADBC Flight SQL driver.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/scripts/adbc_smoke.py");
+    let out = Command::new(test_python())
+        .args([script, &format!("grpc://127.0.0.1:{}", q.flight), ACME, "48"])
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("adbc ok"), "ADBC client failed:\n{text}");
 }
 
 /// The Python with DuckDB, deltalake and pyarrow that `scripts/install-test-deps.sh` sets up.
