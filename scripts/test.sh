@@ -11,6 +11,14 @@ export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 echo "== build"
 cargo build --workspace --all-targets --locked
 
+echo "== fuzz target (built on stable; a short run without coverage feedback"
+echo "   checks it executes; real fuzzing: cargo +nightly fuzz run decode, see README)"
+cargo build --locked --manifest-path schemas/fuzz/Cargo.toml
+smoke=$(mktemp -d)
+cp schemas/fuzz/corpus/decode/* "$smoke"/
+schemas/fuzz/target/debug/decode "$smoke" -runs=20000 2>&1 | tail -1
+rm -rf "$smoke"
+
 echo "== tests"
 # Integration tests start brokers and child processes; two at a time keeps a
 # 2-core machine responsive and the fault timings meaningful.
