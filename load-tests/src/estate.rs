@@ -238,7 +238,7 @@ impl Estate {
             site.events += 1;
         }
         let site = &self.sites[si];
-        if site.events % self.mix.node_snapshot_every.max(1) == 0 {
+        if site.events.is_multiple_of(self.mix.node_snapshot_every.max(1)) {
             self.node_snapshot(si, ni, now_ms, out);
         }
         if self.cfg.malformed > 0.0 && self.rng.random_bool(self.cfg.malformed) {

@@ -106,10 +106,10 @@ impl ClientContext for Ctx {}
 impl ProducerContext for Ctx {
     type DeliveryOpaque = ();
     fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = r {
-            if self.failed.fetch_add(1, Ordering::Relaxed) < 5 {
-                tracing::error!(error = %e, "a loadgen message was not delivered");
-            }
+        if let Err((e, _)) = r
+            && self.failed.fetch_add(1, Ordering::Relaxed) < 5
+        {
+            tracing::error!(error = %e, "a loadgen message was not delivered");
         }
     }
 }

@@ -312,7 +312,8 @@ mod tests {
 
     #[test]
     fn each_kind_of_mismatch_is_caught() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Observed)>)> = vec![
+        type Tamper = Box<dyn Fn(&mut Observed)>;
+        let cases: Vec<(&str, Tamper)> = vec![
             ("events per tenant", Box::new(|o| o.events.insert("lg-t01".into(), (9, 9)).map(|_| ()).unwrap_or(()))),
             ("duplicate event_id", Box::new(|o| o.events.insert("lg-t01".into(), (10, 9)).map(|_| ()).unwrap_or(()))),
             ("loss_audit rows", Box::new(|o| o.loss.push(("lg-t01".into(), "lg-t01-p01".into(), 5, 7, 2)))),

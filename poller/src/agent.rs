@@ -162,10 +162,11 @@ pub async fn run(args: PollerArgs, shutdown: impl std::future::Future<Output = (
     spool.close();
     // (stdin may block forever in a read: do not wait long for it.)
     let _ = tokio::time::timeout(Duration::from_secs(2), tokio::task::spawn_blocking(move || input.join())).await;
-    if outcome.is_ok() && args.mode == Mode::Stream {
-        if let Err(e) = heartbeat(&spool, &args.tenant, &args.poller_id, &metrics) {
-            tracing::warn!(error = %e, "final heartbeat not spooled");
-        }
+    if outcome.is_ok()
+        && args.mode == Mode::Stream
+        && let Err(e) = heartbeat(&spool, &args.tenant, &args.poller_id, &metrics)
+    {
+        tracing::warn!(error = %e, "final heartbeat not spooled");
     }
     *ctl.deadline.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + args.drain_timeout);
     ctl.stop.store(true, Ordering::Relaxed);

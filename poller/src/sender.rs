@@ -53,9 +53,12 @@ pub(crate) struct Control {
     pub deadline: Mutex<Option<Instant>>,
 }
 
+/// A delivery report: the send token and the landing (partition, offset).
+type Ack = (usize, std::result::Result<(i32, i64), KafkaError>);
+
 #[derive(Debug, Default)]
 struct AckContext {
-    acks: Mutex<Vec<(usize, std::result::Result<(i32, i64), KafkaError>)>>,
+    acks: Mutex<Vec<Ack>>,
 }
 
 impl ClientContext for AckContext {

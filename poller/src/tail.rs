@@ -223,7 +223,8 @@ impl Tailer {
                     break;
                 }
                 let whole = chunk.ends_with(b"\n");
-                if !whole && !(at_end && consumed + chunk.len() == n && n < READ_CHUNK) {
+                let last_of_rotated = at_end && consumed + chunk.len() == n && n < READ_CHUNK;
+                if !(whole || last_of_rotated) {
                     break;
                 }
                 consumed += chunk.len();
@@ -256,7 +257,7 @@ impl Tailer {
             })
             .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
             .collect();
-        cands.sort_by(|a, b| b.0.cmp(&a.0));
+        cands.sort_by_key(|c| std::cmp::Reverse(c.0));
         for (_, p) in cands {
             if let Ok(f) = File::open(&p)
                 && matches(&p, &f)

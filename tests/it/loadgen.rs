@@ -103,6 +103,7 @@ fn loadgen_truth_matches_the_estate_and_verify_proves_it() {
         let _ = query.wait();
         panic!("verify failed:\n{table}\n{vlog}\n{}", std::fs::read_to_string(d.join("query.log")).unwrap());
     }
+    eprintln!("verify on the real estate:\n{table}");
     assert!(table.contains("events per tenant") && table.contains("dlq by reason") && !table.contains("MISMATCH"), "{table}");
     // A falsified truth (one event more, one reject less) fails, with a table.
     query = Command::new(env!("CARGO_BIN_EXE_estate"))

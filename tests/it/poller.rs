@@ -94,7 +94,7 @@ impl Drop for Poller {
 
 /// One NMIS `event.log` line; its details end with `line <i>`.
 fn nmis_line(i: usize) -> String {
-    let (event, level) = if i % 2 == 0 { ("Interface Down", "Major") } else { ("Interface Up", "Normal") };
+    let (event, level) = if i.is_multiple_of(2) { ("Interface Down", "Major") } else { ("Interface Up", "Normal") };
     format!("{},node-{:03},{event},{level},GigabitEthernet0/{},Uplink to dist-sw-02 line {i}\n", BASE_S + i as i64, i % 97, i % 48)
 }
 
