@@ -139,6 +139,7 @@ fn session(spool: &Spool, cfg: &SenderConfig, ctl: &Control, metrics: &Metrics) 
     let producer: BaseProducer<AckContext> =
         client_config(cfg).create_with_context(AckContext::default()).map_err(|e| match e {
             KafkaError::ClientCreation(m) => Error::Config(format!("kafka producer settings: {m}")),
+            e @ KafkaError::ClientConfig(..) => Error::Config(format!("kafka producer settings (--kafka-opt): {e}")),
             e => Error::kafka("creating producer")(e),
         })?;
     skip_delivered(spool, cfg, metrics);

@@ -128,6 +128,17 @@ impl Landed {
 /// Reads the whole topic until `done` holds for what has landed, or panics
 /// after `timeout`.
 fn read_topic(brokers: &str, timeout: Duration, pollers: &[&Poller], done: impl Fn(&[Landed]) -> bool) -> Vec<Landed> {
+    read_topic_named(brokers, TOPIC, 2, timeout, pollers, done)
+}
+
+fn read_topic_named(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    timeout: Duration,
+    pollers: &[&Poller],
+    done: impl Fn(&[Landed]) -> bool,
+) -> Vec<Landed> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("poller-check-{}", rand::random::<u32>()))
@@ -135,8 +146,8 @@ fn read_topic(brokers: &str, timeout: Duration, pollers: &[&Poller], done: impl 
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
-    for p in 0..2 {
-        tpl.add_partition_offset(TOPIC, p, Offset::Beginning).unwrap();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
     }
     c.assign(&tpl).unwrap();
     let mut got = Vec::new();
@@ -413,4 +424,46 @@ fn json_lines_on_stdin_are_stamped_and_drained() {
     let id = estate_schemas::derive_event_id(TENANT, ev.v["node"].as_str().unwrap(), "Node Down", "", None, ev.v["time"].as_i64().unwrap());
     assert_eq!(ev.v["event_id"], id.as_str(), "event_id by the derivation rule");
     assert!(p.log_text().contains("line=101"), "the malformed line is logged with its number\n{}", p.log_tail());
+}
+
+/// `--per-tenant-topic` sends to `estate.events.<tenant>`; `--kafka-opt`
+/// reaches librdkafka (a bad setting is a configuration error, exit 1).
+#[test]
+fn per_tenant_topic_and_kafka_opts() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = mock();
+    m.create_topic("estate.events.acme", 1, 3).unwrap();
+    let brokers = m.bootstrap_servers();
+    let mut p = Poller::start(&brokers, "p-topic", &dir.path().join("spool"), &["--json-lines", "-"],
+        &["--per-tenant-topic", "--kafka-opt", "client.id=estate-it"], dir.path(), 0);
+    {
+        let mut stdin = p.child.stdin.take().unwrap();
+        for i in 0..20 {
+            writeln!(stdin, r#"{{"time":{},"node":"r1","event":"Node Reset","level":"Warning","details":"line {i}"}}"#, (BASE_S + i) * 1000).unwrap();
+        }
+    }
+    assert!(p.child.wait().unwrap().success(), "{}", p.log_tail());
+    let got = read_topic_named(&brokers, "estate.events.acme", 1, Duration::from_secs(30), &[&p], has_lines("p-topic", 20));
+    assert_exactly_once_in_order(&got, "p-topic", 0..20);
+    let shared = read_topic(&brokers, Duration::from_secs(2), &[], |_| false_after(Duration::from_secs(1)));
+    assert!(lines_of(&shared, "p-topic").is_empty(), "nothing on the shared topic");
+    let mut bad = Poller::start(&brokers, "p-bad", &dir.path().join("spool-bad"), &["--json-lines", "-"],
+        &["--kafka-opt", "no.such.setting=1"], dir.path(), 0);
+    drop(bad.child.stdin.take());
+    let status = bad.child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{}", bad.log_tail());
+    assert!(bad.log_text().contains("no.such.setting"), "{}", bad.log_tail());
+}
+
+/// A `read_topic` predicate that turns true after `d` (to read for a while).
+fn false_after(d: Duration) -> bool {
+    thread_local!(static START: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) });
+    START.with(|s| {
+        let start = s.get().unwrap_or_else(|| {
+            let now = Instant::now();
+            s.set(Some(now));
+            now
+        });
+        start.elapsed() >= d
+    })
 }
