@@ -562,7 +562,7 @@ fn flight_sql() {
         let batches = fetch(&mut acme, info.clone()).await;
         assert_eq!(rows(&batches), 1);
         let ticket = info.endpoint[0].ticket.clone().unwrap();
-        let err = beta.do_get(ticket).await.err().expect("beta must not run acme's prepared statement");
+        let err = beta.do_get(ticket).await.expect_err("beta must not run acme's prepared statement");
         assert!(err.to_string().contains("unknown prepared statement"), "{err}");
         let mut noc = client(q.flight, NOC).await;
         let ticket = info.endpoint[0].ticket.clone().unwrap();
