@@ -82,6 +82,15 @@ fn stream_batches(schema: SchemaRef, batches: Vec<RecordBatch>) -> Response<DoGe
     Response::new(Box::pin(stream))
 }
 
+/// Streams the single batch a metadata builder made.
+fn one_batch<E: std::fmt::Display>(
+    schema: SchemaRef,
+    batch: Result<RecordBatch, E>,
+) -> Result<Response<DoGetStream>, Status> {
+    let batch = batch.map_err(|e| Status::internal(e.to_string()))?;
+    Ok(stream_batches(schema, vec![batch]))
+}
+
 fn info(command: Vec<u8>, schema: &Schema, descriptor: FlightDescriptor) -> Result<Response<FlightInfo>, Status> {
     let endpoint = FlightEndpoint::new().with_ticket(Ticket::new(command));
     let info = FlightInfo::new()
@@ -291,9 +300,7 @@ impl FlightSqlService for FlightSql {
         self.authorize(&request)?;
         let mut b = query.into_builder();
         b.append(CATALOG);
-        let schema = b.schema();
-        let batch = b.build().map_err(|e| Status::internal(e.to_string()))?;
-        Ok(stream_batches(schema, vec![batch]))
+        one_batch(b.schema(), b.build())
     }
 
     async fn get_flight_info_schemas(
@@ -315,9 +322,7 @@ impl FlightSqlService for FlightSql {
         let mut b = query.into_builder();
         b.append(CATALOG, SCHEMA);
         b.append(CATALOG, "information_schema");
-        let schema = b.schema();
-        let batch = b.build().map_err(|e| Status::internal(e.to_string()))?;
-        Ok(stream_batches(schema, vec![batch]))
+        one_batch(b.schema(), b.build())
     }
 
     async fn get_flight_info_tables(
@@ -356,9 +361,7 @@ impl FlightSqlService for FlightSql {
                     .map_err(|e| Status::internal(e.to_string()))?;
             }
         }
-        let schema = b.schema();
-        let batch = b.build().map_err(|e| Status::internal(e.to_string()))?;
-        Ok(stream_batches(schema, vec![batch]))
+        one_batch(b.schema(), b.build())
     }
 
     async fn get_flight_info_table_types(
@@ -380,9 +383,7 @@ impl FlightSqlService for FlightSql {
         let mut b = query.into_builder();
         b.append("TABLE");
         b.append("VIEW");
-        let schema = b.schema();
-        let batch = b.build().map_err(|e| Status::internal(e.to_string()))?;
-        Ok(stream_batches(schema, vec![batch]))
+        one_batch(b.schema(), b.build())
     }
 
     async fn get_flight_info_sql_info(
@@ -402,9 +403,7 @@ impl FlightSqlService for FlightSql {
     ) -> Result<Response<DoGetStream>, Status> {
         self.authorize(&request)?;
         let b = query.into_builder(&self.sql_info);
-        let schema = b.schema();
-        let batch = b.build().map_err(|e| Status::internal(e.to_string()))?;
-        Ok(stream_batches(schema, vec![batch]))
+        one_batch(b.schema(), b.build())
     }
 
     async fn do_get_fallback(&self, request: Request<Ticket>, message: Any) -> Result<Response<DoGetStream>, Status> {
