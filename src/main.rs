@@ -5,6 +5,7 @@
 //! in that order of precedence.
 
 mod config_file;
+mod standalone;
 
 use std::path::PathBuf;
 
@@ -43,6 +44,10 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the whole estate in one process: an embedded Kafka-protocol broker
+    /// (in memory; or a real cluster with --brokers), ingest, the query
+    /// service (HTTP and Flight SQL) and, with --demo, a simulated estate.
+    Standalone(standalone::StandaloneArgs),
     /// Consume events from Kafka and commit them, deduplicated and exactly
     /// once, to the Delta tables on the store.
     Ingest(estate_ingest::IngestArgs),
@@ -98,6 +103,7 @@ fn main() -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     rt.block_on(async move {
         match cli.command {
+            Command::Standalone(args) => standalone::run(args, shutdown_signal()).await.context("standalone failed"),
             Command::Ingest(args) => estate_ingest::run(args, shutdown_signal()).await.map_err(|e| {
                 let kind = e.kind();
                 anyhow::Error::new(e).context(format!("ingest failed ({kind:?} error)"))

@@ -83,6 +83,13 @@ pub struct IngestArgs {
     #[arg(long = "store-opt", env = "ESTATE_STORE_OPTS", value_parser = parse_kv, value_delimiter = ';', hide_env_values = true)]
     pub store_opts: Vec<(String, String)>,
 
+    /// Names the Kafka cluster in the per-partition offsets that every commit
+    /// records. Leave empty for a normal cluster; set a new value only when the
+    /// cluster is replaced by one whose offsets start again from zero (the
+    /// in-memory broker of `estate standalone` gets a fresh one on each start).
+    #[arg(long, env = "ESTATE_SOURCE_ID", default_value = "")]
+    pub source_id: String,
+
     /// TESTING ONLY: wrap the store in a fault injector, e.g. `fail=0.1,delay=50ms,delay_share=0.3`.
     #[arg(long, env = "ESTATE_TEST_INJECT_STORE_FAULTS")]
     pub test_inject_store_faults: Option<FaultSpec>,

@@ -54,6 +54,16 @@ impl ClientContext for IngestContext {
         }
     }
 
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        // A pattern subscription with no per-tenant topic yet is normal; a
+        // missing named topic is not.
+        if is_no_topic_yet(&error) && reason.contains('^') {
+            tracing::debug!(%error, reason, "no topic matches the per-tenant pattern yet");
+        } else {
+            tracing::error!(%error, reason, "Kafka client error");
+        }
+    }
+
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         match level {
             RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
@@ -149,6 +159,10 @@ pub(crate) fn subscribe(
 
 /// Runs the poll loop until `shutdown`, then flushes, commits and leaves the
 /// group cleanly.
+fn is_no_topic_yet(e: &rdkafka::error::KafkaError) -> bool {
+    e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition)
+}
+
 pub(crate) fn run_loop(consumer: IngestConsumer, pipeline: Arc<Mutex<Pipeline>>, shutdown: Arc<AtomicBool>) {
     while !shutdown.load(Ordering::Relaxed) {
         match consumer.poll(Duration::from_millis(100)) {
@@ -159,6 +173,8 @@ pub(crate) fn run_loop(consumer: IngestConsumer, pipeline: Arc<Mutex<Pipeline>>,
                     p.flush(&consumer);
                 }
             }
+            // Reported with its topic by the `error` callback above.
+            Some(Err(e)) if is_no_topic_yet(&e) => tracing::debug!(error = %e, "consumer: unknown topic"),
             Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
             None => {
                 let mut p = lock(&pipeline);

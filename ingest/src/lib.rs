@@ -52,9 +52,66 @@ use pipeline::{Pipeline, PipelineConfig};
 /// Runs one ingest instance until `shutdown` resolves, then flushes, commits
 /// and leaves the consumer group.
 pub async fn run(args: IngestArgs, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    let running = start(args).await?;
+    tokio::select! {
+        () = shutdown => running.stop().await,
+        () = running.died() => {
+            let _ = running.stop().await;
+            Err(Error::Config("the consumer thread ended unexpectedly (see the log above)".into()))
+        }
+    }
+}
+
+/// A started ingest instance.
+#[derive(Debug)]
+pub struct Running {
+    /// Where `/metrics` and `/healthz` listen.
+    pub metrics_addr: std::net::SocketAddr,
+    /// The instance's metrics.
+    pub metrics: Arc<Metrics>,
+    pipeline: Arc<Mutex<Pipeline>>,
+    stop: Arc<AtomicBool>,
+    worker: std::thread::JoinHandle<()>,
+}
+
+impl Running {
+    /// Per assigned partition: (topic, partition, next offset to process).
+    pub fn positions(&self) -> Vec<(String, i32, i64)> {
+        self.pipeline.lock().unwrap_or_else(|e| e.into_inner()).positions()
+    }
+
+    /// Resolves only if the consumer thread ends without being asked to.
+    pub async fn died(&self) {
+        loop {
+            if self.worker.is_finished() && !self.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Flushes, commits, leaves the consumer group and waits for the consumer
+    /// thread to end.
+    pub async fn stop(self) -> Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.metrics.set_ready(false);
+        let worker = self.worker;
+        tokio::task::spawn_blocking(move || worker.join())
+            .await
+            .map_err(|e| Error::Config(format!("consumer thread: {e}")))?
+            .map_err(|_| Error::Config("consumer thread panicked".into()))?;
+        tracing::info!("ingest stopped cleanly");
+        Ok(())
+    }
+}
+
+/// Starts one ingest instance: binds its metrics endpoint, restores its
+/// state from the tables as partitions are assigned, and consumes on a
+/// thread of its own until [`Running::stop`].
+pub async fn start(args: IngestArgs) -> Result<Running> {
     let metrics = Arc::new(Metrics::default());
-    let addr = metrics::serve(args.metrics_addr, metrics.clone()).await?;
-    tracing::info!(%addr, "metrics listening");
+    let metrics_addr = metrics::serve(args.metrics_addr, metrics.clone()).await?;
+    tracing::info!(addr = %metrics_addr, "metrics listening");
 
     let store = Store::open(&args.store, args.store_opts.iter().cloned().collect(), args.test_inject_store_faults)?;
     if let Some(f) = &args.test_inject_store_faults {
@@ -73,6 +130,7 @@ pub async fn run(args: IngestArgs, shutdown: impl std::future::Future<Output = (
         flush_max_rows: args.flush_max_rows,
         dlq_topic: args.dlq_topic.clone(),
         deduped_topic: (!args.deduped_topic.is_empty()).then(|| args.deduped_topic.clone()),
+        source_id: (!args.source_id.is_empty()).then(|| args.source_id.clone()),
     };
     let pipeline = Arc::new(Mutex::new(Pipeline::open(cfg, &store, producer, metrics.clone()).await?));
     tracing::info!(store = %store.url(), brokers = %args.brokers, group = %args.group, topic = %args.topic, "ingest starting");
@@ -88,17 +146,10 @@ pub async fn run(args: IngestArgs, shutdown: impl std::future::Future<Output = (
     metrics.set_ready(true);
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
+    let pipeline2 = pipeline.clone();
     let worker = std::thread::Builder::new()
         .name("estate-ingest-consumer".into())
-        .spawn(move || consumer::run_loop(consumer, pipeline, stop2))
+        .spawn(move || consumer::run_loop(consumer, pipeline2, stop2))
         .map_err(|source| Error::Io { what: "spawning consumer thread".into(), source })?;
-    shutdown.await;
-    stop.store(true, Ordering::Relaxed);
-    metrics.set_ready(false);
-    tokio::task::spawn_blocking(move || worker.join())
-        .await
-        .map_err(|e| Error::Config(format!("consumer thread: {e}")))?
-        .map_err(|_| Error::Config("consumer thread panicked".into()))?;
-    tracing::info!("ingest stopped cleanly");
-    Ok(())
+    Ok(Running { metrics_addr, metrics, pipeline, stop, worker })
 }

@@ -53,6 +53,8 @@ pub(crate) struct PipelineConfig {
     pub dlq_topic: String,
     /// Deduplicated stream topic (`None`: off).
     pub deduped_topic: Option<String>,
+    /// Names the Kafka cluster in the offsets recorded with each commit.
+    pub source_id: Option<String>,
 }
 
 /// The pipeline.
@@ -163,13 +165,17 @@ impl Pipeline {
 
     async fn init_partition(&mut self, topic: &str, partition: i32, kafka: Option<i64>) -> Result<PartitionState> {
         let kafka = if self.cfg.deduped_topic.is_some() { kafka } else { None };
-        let marks = restore::watermarks(&mut self.sinks, topic, partition, kafka).await?;
+        let marks = restore::watermarks(&mut self.sinks, self.cfg.source_id.as_deref(), topic, partition, kafka).await?;
         let p = &self.cfg.process;
+        // Rows stored from this partition are revisited only if its events
+        // watermark exists: without one, rows carrying these coordinates came
+        // from another cluster (`--source-id`) and only the window applies.
+        let replay_from = if marks.committed[TableKind::Events.idx()] < 0 { i64::MAX } else { marks.resume_at() };
         let dedup = restore::dedup_window(
             &self.sinks[TableKind::Events.idx()],
             topic,
             partition,
-            marks.resume_at(),
+            replay_from,
             now_ms(),
             p.dedup_window_ms,
             p.dedup_max_keys,
@@ -349,7 +355,7 @@ impl Pipeline {
                     let p = &self.parts[i];
                     let c = p.marks.committed[t];
                     TxnClaim {
-                        app_id: app_id(&p.tp.topic, p.tp.partition),
+                        app_id: app_id(self.cfg.source_id.as_deref(), &p.tp.topic, p.tp.partition),
                         expected: (c >= 0).then_some(c),
                         target: p.processed,
                     }
@@ -373,7 +379,7 @@ impl Pipeline {
                     let lost: Vec<usize> = included
                         .iter()
                         .copied()
-                        .filter(|&i| ids.contains(&app_id(&self.parts[i].tp.topic, self.parts[i].tp.partition)))
+                        .filter(|&i| ids.contains(&app_id(self.cfg.source_id.as_deref(), &self.parts[i].tp.topic, self.parts[i].tp.partition)))
                         .collect();
                     for &i in &lost {
                         tracing::warn!(partition = %self.parts[i].tp, table = kind.name(),
@@ -438,6 +444,11 @@ impl Pipeline {
             p.dedup.expire(now_ms(), if replaying { p.processed } else { i64::MAX });
         }
         self.publish_gauges();
+    }
+
+    /// Per assigned partition: (topic, partition, next offset to process).
+    pub(crate) fn positions(&self) -> Vec<(String, i32, i64)> {
+        self.parts.iter().map(|p| (p.tp.topic.to_string(), p.tp.partition, p.processed + 1)).collect()
     }
 
     fn publish_gauges(&self) {

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use deltalake::arrow::array::{Array, AsArray};
-use deltalake::arrow::datatypes::Int64Type;
+use deltalake::arrow::compute::cast;
+use deltalake::arrow::datatypes::{DataType, Int64Type};
 use deltalake::datafusion::prelude::SessionContext;
 
 use crate::dedup::{self, DedupWindow};
@@ -17,11 +18,12 @@ use crate::table::{DeltaSink, TableKind, app_id};
 /// group's committed offset (the deduplicated-stream watermark), if any.
 pub(crate) async fn watermarks(
     sinks: &mut [DeltaSink],
+    source_id: Option<&str>,
     topic: &str,
     partition: i32,
     kafka_committed: Option<i64>,
 ) -> Result<Watermarks> {
-    let id = app_id(topic, partition);
+    let id = app_id(source_id, topic, partition);
     let mut committed = [-1i64; 4];
     for sink in sinks.iter_mut() {
         sink.refresh().await?;
@@ -67,11 +69,15 @@ pub(crate) async fn dedup_window(
         topic.replace('\'', "''")
     );
     let batches = ctx.sql(&sql).await.map_err(err)?.collect().await.map_err(err)?;
+    // The engine may hand strings back as views or dictionaries: normalise.
+    let col = |b: &deltalake::arrow::record_batch::RecordBatch, i: usize, to: &DataType| {
+        cast(b.column(i), to).map_err(|e| Error::Restore { what: format!("dedup keys of {topic}/{partition}"), source: e.into() })
+    };
     for b in batches {
-        let tenant = b.column(0).as_string::<i32>();
-        let id = b.column(1).as_string::<i32>();
-        let stored = b.column(2).as_primitive::<Int64Type>();
-        let offset = b.column(3).as_primitive::<Int64Type>();
+        let (tenant, id) = (col(&b, 0, &DataType::Utf8)?, col(&b, 1, &DataType::Utf8)?);
+        let (stored, offset) = (col(&b, 2, &DataType::Int64)?, col(&b, 3, &DataType::Int64)?);
+        let (tenant, id) = (tenant.as_string::<i32>(), id.as_string::<i32>());
+        let (stored, offset) = (stored.as_primitive::<Int64Type>(), offset.as_primitive::<Int64Type>());
         for i in 0..b.num_rows() {
             if tenant.is_null(i) || id.is_null(i) {
                 continue;

@@ -68,9 +68,15 @@ impl TableKind {
     }
 }
 
-/// The Delta application id of one Kafka partition.
-pub fn app_id(topic: &str, partition: i32) -> String {
-    format!("estate-ingest/{topic}/{partition}")
+/// The Delta application id of one Kafka partition: `estate-ingest/<topic>/<partition>`,
+/// or `estate-ingest/<source-id>/<topic>/<partition>` when the cluster is named
+/// by `--source-id` (a cluster whose offsets start again, such as the
+/// embedded broker of `estate standalone`, gets a new one each start).
+pub fn app_id(source_id: Option<&str>, topic: &str, partition: i32) -> String {
+    match source_id {
+        Some(s) => format!("estate-ingest/{s}/{topic}/{partition}"),
+        None => format!("estate-ingest/{topic}/{partition}"),
+    }
 }
 
 /// A partition's place in one commit.

@@ -334,6 +334,12 @@ impl Estate {
         self.sent.malformed += 1;
     }
 
+    /// Forgets the distinct event ids kept for the ground truth, so that a
+    /// simulation without end (the standalone demo) runs in bounded memory.
+    pub fn forget_distinct(&mut self) {
+        self.distinct.clear();
+    }
+
     /// The ground truth so far.
     pub fn truth(&self, started_at: String) -> Truth {
         let mut pollers: Vec<PollerTruth> = self

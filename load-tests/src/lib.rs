@@ -17,6 +17,7 @@
 //! acknowledged by the broker. Rejects whose seq ingest can read are sent by
 //! dedicated junk pollers, so they never open a gap in a real poller's seq.
 
+pub mod demo;
 mod error;
 pub mod estate;
 mod loadgen;

@@ -97,8 +97,8 @@ pub struct LoadgenArgs {
 }
 
 #[derive(Debug, Default)]
-struct Ctx {
-    failed: AtomicU64,
+pub(crate) struct Ctx {
+    pub(crate) failed: AtomicU64,
 }
 
 impl ClientContext for Ctx {}
@@ -154,23 +154,7 @@ pub fn run(args: &LoadgenArgs) -> Result<Truth> {
         return Err(Error::Config(format!("--tenant-prefix gives invalid tenant ids such as {probe:?}")));
     }
     let mut estate = Estate::new(cfg, mix);
-    let mut cc = ClientConfig::new();
-    cc.set("bootstrap.servers", &args.brokers);
-    for (k, v) in [
-        ("enable.idempotence", "true"),
-        ("acks", "all"),
-        ("compression.type", "lz4"),
-        ("linger.ms", "5"),
-        ("message.timeout.ms", "300000"),
-        ("queue.buffering.max.messages", "500000"),
-    ] {
-        cc.set(k, v);
-    }
-    cc.set("message.max.bytes", (args.too_large_bytes + (64 << 10)).max(1_000_000).to_string());
-    for (k, v) in &args.kafka_opts {
-        cc.set(k, v);
-    }
-    let producer: BaseProducer<Ctx> = cc.create_with_context(Ctx::default()).map_err(Error::kafka("creating producer"))?;
+    let producer = producer(&args.brokers, &args.kafka_opts, args.too_large_bytes)?;
     let target = (args.rate * args.duration.as_secs_f64()) as u64;
     let pb = ProgressBar::new(target);
     pb.set_style(
@@ -225,7 +209,29 @@ pub fn run(args: &LoadgenArgs) -> Result<Truth> {
     Ok(truth)
 }
 
-fn send(p: &BaseProducer<Ctx>, m: &Msg) -> Result<()> {
+/// The simulator's producer: idempotent, acks=all, lz4; delivery failures
+/// are counted in its context.
+pub(crate) fn producer(brokers: &str, kafka_opts: &[(String, String)], too_large_bytes: usize) -> Result<BaseProducer<Ctx>> {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", brokers);
+    for (k, v) in [
+        ("enable.idempotence", "true"),
+        ("acks", "all"),
+        ("compression.type", "lz4"),
+        ("linger.ms", "5"),
+        ("message.timeout.ms", "300000"),
+        ("queue.buffering.max.messages", "500000"),
+    ] {
+        cc.set(k, v);
+    }
+    cc.set("message.max.bytes", (too_large_bytes + (64 << 10)).max(1_000_000).to_string());
+    for (k, v) in kafka_opts {
+        cc.set(k, v);
+    }
+    cc.create_with_context(Ctx::default()).map_err(Error::kafka("creating producer"))
+}
+
+pub(crate) fn send(p: &BaseProducer<Ctx>, m: &Msg) -> Result<()> {
     loop {
         let mut r = BaseRecord::<[u8], [u8], ()>::with_opaque_to(&m.topic, ()).payload(&m.payload);
         if let Some(k) = &m.key {

@@ -156,6 +156,7 @@ pub async fn bind(
     engine: Arc<Engine>,
     auth: Arc<Auth>,
     catalog: Arc<Catalog>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(SocketAddr, impl std::future::Future<Output = std::io::Result<()>>)> {
     let app = Router::new()
         .route("/v1/sql", post(sql))
@@ -166,5 +167,12 @@ pub async fn bind(
         .await
         .map_err(|source| Error::Io { what: format!("binding HTTP on {addr}"), source })?;
     let bound = listener.local_addr().map_err(|source| Error::Io { what: "HTTP local address".into(), source })?;
-    Ok((bound, async move { axum::serve(listener, app).await }))
+    let serve = async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+    };
+    Ok((bound, serve))
 }

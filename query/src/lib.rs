@@ -41,6 +41,50 @@ use crate::views::PollerThresholds;
 
 /// Runs the query service until `shutdown` resolves.
 pub async fn run(args: QueryArgs, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<()> {
+    let running = start(args).await?;
+    tokio::select! {
+        () = shutdown => {}
+        r = running.failed() => return Err(r),
+    }
+    running.stop().await;
+    Ok(())
+}
+
+/// A started query service.
+#[derive(Debug)]
+pub struct Running {
+    /// Where `POST /v1/sql`, `/healthz` and `/metrics` listen.
+    pub http_addr: std::net::SocketAddr,
+    /// Where Arrow Flight SQL listens.
+    pub flight_addr: std::net::SocketAddr,
+    http: tokio::sync::Mutex<tokio::task::JoinHandle<std::io::Result<()>>>,
+    flight: tokio::task::JoinHandle<std::result::Result<(), tonic::transport::Error>>,
+    refresher: tokio::task::JoinHandle<()>,
+    stop_tx: tokio::sync::watch::Sender<bool>,
+}
+
+impl Running {
+    /// Resolves only if the HTTP server stops by itself, with the reason.
+    pub async fn failed(&self) -> Error {
+        let mut http = self.http.lock().await;
+        let r = (&mut *http).await;
+        Error::Internal(format!("HTTP server stopped: {r:?}"))
+    }
+
+    /// Stops accepting, lets the requests in flight finish, and stops
+    /// refreshing the catalog.
+    pub async fn stop(self) {
+        let _ = self.stop_tx.send(true);
+        self.refresher.abort();
+        let _ = self.http.into_inner().await;
+        let _ = self.flight.await;
+        tracing::info!("query service stopped");
+    }
+}
+
+/// Starts the query service: loads the tokens and the tables' snapshots,
+/// binds HTTP and Flight SQL, and serves until [`Running::stop`].
+pub async fn start(args: QueryArgs) -> Result<Running> {
     if args.poller_late_after >= args.poller_down_after {
         return Err(Error::Config("--poller-late-after must be shorter than --poller-down-after".into()));
     }
@@ -90,35 +134,27 @@ pub async fn run(args: QueryArgs, shutdown: impl std::future::Future<Output = ()
         });
     }
 
-    let (http_addr, http) = http::bind(args.http_addr, engine.clone(), auth.clone(), catalog.clone()).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (http_addr, http) = http::bind(args.http_addr, engine.clone(), auth.clone(), catalog.clone(), stop_rx.clone()).await?;
     let flight_listener = tokio::net::TcpListener::bind(args.flight_addr)
         .await
         .map_err(|source| Error::Io { what: format!("binding Flight SQL on {}", args.flight_addr), source })?;
     let flight_addr = flight_listener
         .local_addr()
         .map_err(|source| Error::Io { what: "Flight SQL local address".into(), source })?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut stop_flight = stop_rx.clone();
+    let mut stop_flight = stop_rx;
     let flight = tonic::transport::Server::builder()
         .add_service(flight::FlightSql::new(engine.clone(), auth.clone()).into_server())
         .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(flight_listener), async move {
             let _ = stop_flight.wait_for(|s| *s).await;
         });
     tracing::info!(%http_addr, %flight_addr, store = catalog.root(), "query service ready");
-
-    let http_task = tokio::spawn(http);
-    let flight_task = tokio::spawn(flight);
-    tokio::select! {
-        () = shutdown => {}
-        r = http_task => {
-            refresher.abort();
-            return Err(Error::Internal(format!("HTTP server stopped: {r:?}")));
-        }
-    }
-    let _ = stop_tx.send(true);
-    refresher.abort();
-    let _ = flight_task.await;
-    drop(stop_rx);
-    tracing::info!("query service stopped");
-    Ok(())
+    Ok(Running {
+        http_addr,
+        flight_addr,
+        http: tokio::sync::Mutex::new(tokio::spawn(http)),
+        flight: tokio::spawn(flight),
+        refresher,
+        stop_tx,
+    })
 }
