@@ -76,8 +76,18 @@ impl Running {
     pub async fn stop(self) {
         let _ = self.stop_tx.send(true);
         self.refresher.abort();
-        let _ = self.http.into_inner().await;
-        let _ = self.flight.await;
+        // Idle keep-alive connections would hold a graceful stop forever.
+        let grace = std::time::Duration::from_secs(5);
+        let mut http = self.http.into_inner();
+        let mut flight = self.flight;
+        if tokio::time::timeout(grace, &mut http).await.is_err() {
+            tracing::warn!("HTTP connections still open after 5 s; closing them");
+            http.abort();
+        }
+        if tokio::time::timeout(grace, &mut flight).await.is_err() {
+            tracing::warn!("Flight SQL connections still open after 5 s; closing them");
+            flight.abort();
+        }
         tracing::info!("query service stopped");
     }
 }

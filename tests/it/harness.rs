@@ -153,6 +153,56 @@ pub fn http_get(port: u16, path: &str) -> Option<String> {
     Some(out.split_once("\r\n\r\n").map(|x| x.1.to_owned()).unwrap_or(out))
 }
 
+/// An HTTP/1.0 POST over loopback; returns (status, content type, body).
+pub fn http_post(port: u16, path: &str, token: Option<&str>, body: &str, accept: &str) -> (u16, String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(
+        s,
+        "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}Accept: {accept}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let split = out.windows(4).position(|w| w == b"\r\n\r\n").expect("HTTP header end");
+    let head = String::from_utf8_lossy(&out[..split]).to_string();
+    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let ctype = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type:").map(|v| v.trim().to_owned()))
+        .unwrap_or_default();
+    (status, ctype, out[split + 4..].to_vec())
+}
+
+/// A Flight SQL client on loopback carrying a bearer token.
+pub async fn flight_client(port: u16, token: &str) -> arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut c = arrow_flight::sql::client::FlightSqlServiceClient::new(channel);
+    c.set_token(token.to_owned());
+    c
+}
+
+/// Every batch of every endpoint of a Flight SQL answer.
+pub async fn flight_fetch(
+    c: &mut arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel>,
+    info: arrow_flight::FlightInfo,
+) -> Vec<RecordBatch> {
+    use futures::TryStreamExt;
+    let mut out = Vec::new();
+    for ep in info.endpoint {
+        let stream = c.do_get(ep.ticket.unwrap()).await.unwrap();
+        out.extend(stream.try_collect::<Vec<_>>().await.unwrap());
+    }
+    out
+}
+
 /// Sums a Prometheus metric over all its label sets.
 pub fn metric_sum(text: &str, name: &str) -> f64 {
     text.lines()

@@ -7,3 +7,4 @@ mod ingest;
 mod loadgen;
 mod poller;
 mod query;
+mod standalone;

@@ -15,7 +15,7 @@ use estate_schemas::{
     DecodeContext, EventsBuilder, HeartbeatsBuilder, NodesBuilder, ReceiptRow, ReceiptsBuilder, Record, Source,
 };
 
-use crate::harness::{free_port, now_ms};
+use crate::harness::{self, free_port, now_ms};
 
 pub const ACME: &str = "acme-token-1";
 pub const BETA: &str = "beta-token-1";
@@ -192,25 +192,7 @@ impl QueryServer {
     }
 
     pub fn post_raw(&self, token: Option<&str>, body: &str, accept: &str) -> (u16, String, Vec<u8>) {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-        write!(
-            s,
-            "POST /v1/sql HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}Accept: {accept}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).unwrap();
-        let split = out.windows(4).position(|w| w == b"\r\n\r\n").expect("HTTP header end");
-        let head = String::from_utf8_lossy(&out[..split]).to_string();
-        let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-        let ctype = head
-            .lines()
-            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type:").map(|v| v.trim().to_owned()))
-            .unwrap_or_default();
-        (status, ctype, out[split + 4..].to_vec())
+        harness::http_post(self.http, "/v1/sql", token, body, accept)
     }
 
     /// JSON rows of a successful query.
@@ -525,24 +507,7 @@ fn flight_sql() {
         use arrow_flight::sql::client::FlightSqlServiceClient;
         use futures::TryStreamExt;
 
-        async fn client(port: u16, token: &str) -> FlightSqlServiceClient<tonic::transport::Channel> {
-            let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-                .unwrap()
-                .connect()
-                .await
-                .unwrap();
-            let mut c = FlightSqlServiceClient::new(channel);
-            c.set_token(token.to_owned());
-            c
-        }
-        async fn fetch(c: &mut FlightSqlServiceClient<tonic::transport::Channel>, info: arrow_flight::FlightInfo) -> Vec<RecordBatch> {
-            let mut out = Vec::new();
-            for ep in info.endpoint {
-                let stream = c.do_get(ep.ticket.unwrap()).await.unwrap();
-                out.extend(stream.try_collect::<Vec<_>>().await.unwrap());
-            }
-            out
-        }
+        use harness::{flight_client as client, flight_fetch as fetch};
         let rows = |b: &[RecordBatch]| b.iter().map(|b| b.num_rows()).sum::<usize>();
 
         let mut acme = client(q.flight, ACME).await;
