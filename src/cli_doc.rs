@@ -25,7 +25,7 @@ pub(crate) fn markdown() -> String {
     let _ = writeln!(s, "## Global options\n");
     let globals: Vec<&clap::Arg> = cmd.get_arguments().filter(|a| a.is_global_set() && !skip(a)).collect();
     table(&mut s, globals.into_iter());
-    let subs: Vec<&clap::Command> = cmd.get_subcommands().filter(|c| !c.is_hide_set()).collect();
+    let subs: Vec<&clap::Command> = cmd.get_subcommands().filter(|c| shown(c)).collect();
     let _ = writeln!(s, "## Subcommands\n");
     for c in &subs {
         let _ = writeln!(s, "- [`estate {}`](#estate-{}): {}", c.get_name(), c.get_name(), first_line(c));
@@ -47,7 +47,7 @@ fn section(s: &mut String, c: &clap::Command, path: &str) {
         let _ = writeln!(s, "{}\n", about.to_string().trim());
     }
     let usage = c.clone().render_usage().to_string();
-    let usage = usage.trim_start_matches("Usage: ").replace(c.get_name(), path);
+    let usage = usage.trim_start_matches("Usage: ");
     let _ = writeln!(s, "```\n{}\n```\n", usage.trim());
     let args: Vec<&clap::Arg> = c.get_arguments().filter(|a| !a.is_global_set() && !skip(a)).collect();
     if !args.is_empty() {
@@ -56,10 +56,14 @@ fn section(s: &mut String, c: &clap::Command, path: &str) {
     if let Some(after) = c.get_after_long_help().or_else(|| c.get_after_help()) {
         let _ = writeln!(s, "{}\n", after.to_string().trim());
     }
-    let subs: Vec<&clap::Command> = c.get_subcommands().filter(|x| !x.is_hide_set()).collect();
+    let subs: Vec<&clap::Command> = c.get_subcommands().filter(|x| shown(x)).collect();
     for sub in subs {
         section(s, sub, &format!("{path} {}", sub.get_name()));
     }
+}
+
+fn shown(c: &clap::Command) -> bool {
+    !c.is_hide_set() && c.get_name() != "help"
 }
 
 fn skip(a: &clap::Arg) -> bool {
@@ -92,6 +96,9 @@ fn table<'a>(s: &mut String, args: impl Iterator<Item = &'a clap::Arg>) {
         let mut help = a.get_long_help().or_else(|| a.get_help()).map(|h| h.to_string()).unwrap_or_default();
         let values: Vec<String> = a.get_possible_values().iter().filter(|v| !v.is_hide_set()).map(|v| format!("`{}`", v.get_name())).collect();
         if !values.is_empty() && takes_value {
+            if !help.ends_with('.') {
+                help.push('.');
+            }
             let _ = write!(help, " One of {}.", values.join(", "));
         }
         if a.is_required_set() {

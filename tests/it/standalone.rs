@@ -204,3 +204,26 @@ fn quickstart_demo_then_restart_keeps_data() {
     assert_eq!(dups[0]["n"].as_i64(), Some(0), "duplicates after restart");
     s.interrupt();
 }
+
+/// `docs/cli.md` is exactly what the binary's clap definitions generate.
+#[test]
+fn cli_reference_matches_docs() {
+    let out = Command::new(env!("CARGO_BIN_EXE_estate")).arg("cli-reference").output().expect("running estate cli-reference");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let generated = String::from_utf8(out.stdout).unwrap();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/cli.md");
+    let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+    if generated != on_disk {
+        let line = generated.lines().zip(on_disk.lines()).position(|(a, b)| a != b).map_or_else(
+            || generated.lines().count().min(on_disk.lines().count()) + 1,
+            |i| i + 1,
+        );
+        panic!(
+            "docs/cli.md is out of date (first difference at line {line}); regenerate it with\n  \
+             cargo run -- cli-reference > docs/cli.md"
+        );
+    }
+    for sub in ["standalone", "ingest", "query", "poller", "loadgen", "verify"] {
+        assert!(generated.contains(&format!("## estate {sub}\n")), "{sub} is missing from the reference");
+    }
+}
