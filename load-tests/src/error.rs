@@ -34,6 +34,15 @@ pub enum Error {
         /// What went wrong.
         detail: String,
     },
+    /// An HTTP endpoint other than the query service (ingest's `/metrics`)
+    /// answered with an error or could not be reached.
+    #[error("{url}: {detail}")]
+    Http {
+        /// The URL.
+        url: String,
+        /// What went wrong.
+        detail: String,
+    },
     /// The estate does not match the ground truth.
     #[error("verification failed: {0} mismatching checks")]
     Mismatch(usize),

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
@@ -161,6 +161,10 @@ fn sql_list(items: impl Iterator<Item = String>) -> String {
     items.map(|t| format!("'{}'", t.replace('\'', "''"))).collect::<Vec<_>>().join(", ")
 }
 
+fn query(args: &VerifyArgs, q: &str) -> Result<Vec<Value>> {
+    sql(&args.query_url, &args.token, q, Duration::from_secs(120))
+}
+
 fn observe(args: &VerifyArgs, truth: &Truth) -> Result<Observed> {
     let tenants = sql_list(truth.tenants.keys().cloned().chain([UNKNOWN_TENANT.to_owned()]));
     let mut obs = Observed::default();
@@ -205,36 +209,56 @@ fn int_of(r: &Value, k: &str) -> i64 {
     }
 }
 
-/// `POST {url}/v1/sql` over plain HTTP/1.0; returns the JSON rows.
-fn query(args: &VerifyArgs, sql: &str) -> Result<Vec<Value>> {
-    let url = args.query_url.trim_end_matches('/');
+/// `POST {query_url}/v1/sql` over plain HTTP/1.0 with a bearer token;
+/// returns the JSON rows. `timeout` bounds connecting, sending and reading.
+pub fn sql(query_url: &str, token: &str, sql: &str, timeout: Duration) -> Result<Vec<Value>> {
+    let url = query_url.trim_end_matches('/');
     let err = |detail: String| Error::Query { url: url.to_owned(), detail };
-    let hostport = url
-        .strip_prefix("http://")
-        .ok_or_else(|| err("only http:// URLs are supported (terminate TLS in front of verify's side)".into()))?;
-    let (hostport, base) = hostport.split_once('/').map_or((hostport, String::new()), |(h, p)| (h, format!("/{p}")));
     let body = serde_json::json!({ "sql": sql }).to_string();
-    let mut s = TcpStream::connect(hostport).map_err(|e| err(format!("connecting: {e}")))?;
-    s.set_read_timeout(Some(Duration::from_secs(120))).map_err(|e| err(e.to_string()))?;
-    write!(
-        s,
-        "POST {base}/v1/sql HTTP/1.0\r\nHost: {hostport}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nAccept: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        args.token,
-        body.len()
-    )
-    .map_err(|e| err(format!("sending: {e}")))?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).map_err(|e| err(format!("reading: {e}")))?;
-    let text = String::from_utf8_lossy(&resp);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| err("malformed HTTP answer".into()))?;
-    let status: u16 = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let headers = format!("Authorization: Bearer {token}\r\nContent-Type: application/json\r\nAccept: application/json\r\n");
+    let (status, body) = exchange(&format!("{url}/v1/sql"), "POST", &headers, &body, timeout).map_err(err)?;
     if status != 200 {
         return Err(err(format!("HTTP {status} for {sql:?}: {body}")));
     }
-    match serde_json::from_str::<Value>(body) {
+    match serde_json::from_str::<Value>(&body) {
         Ok(Value::Array(rows)) => Ok(rows),
-        _ => Err(err(format!("expected a JSON array of rows, got {}", &body[..body.len().min(200)]))),
+        _ => Err(err(format!("expected a JSON array of rows, got {}", &body[..body.floor_char_boundary(200)]))),
     }
+}
+
+/// `GET {url}` over plain HTTP/1.0 (e.g. a `/metrics` endpoint); the body
+/// of a 200 answer.
+pub fn http_get(url: &str, timeout: Duration) -> Result<String> {
+    let err = |detail: String| Error::Http { url: url.to_owned(), detail };
+    let (status, body) = exchange(url, "GET", "", "", timeout).map_err(err)?;
+    if status != 200 {
+        return Err(err(format!("HTTP {status}: {}", &body[..body.floor_char_boundary(200)])));
+    }
+    Ok(body)
+}
+
+/// One plain HTTP/1.0 request (`url` = `http://host:port/path`): status and body.
+fn exchange(url: &str, method: &str, headers: &str, body: &str, timeout: Duration) -> Result<(u16, String), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| "only http:// URLs are supported (terminate TLS in front of this client)".to_owned())?;
+    let (hostport, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let addr = hostport
+        .to_socket_addrs()
+        .map_err(|e| format!("resolving {hostport}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{hostport} resolves to no address"))?;
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connecting: {e}"))?;
+    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: {hostport}\r\n{headers}Content-Length: {}\r\n\r\n{body}", body.len())
+        .map_err(|e| format!("sending: {e}"))?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).map_err(|e| format!("reading: {e}"))?;
+    let text = String::from_utf8_lossy(&resp);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| "malformed HTTP answer".to_owned())?;
+    let status: u16 = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((status, body.to_owned()))
 }
 
 /// Counts this run's DLQ records by reason, each distinct source coordinate once.
