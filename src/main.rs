@@ -4,6 +4,7 @@
 //! `ESTATE_*` environment variables and an optional TOML file (`--config`),
 //! in that order of precedence.
 
+mod cli_doc;
 mod config_file;
 mod standalone;
 
@@ -48,6 +49,12 @@ enum Command {
     /// (in memory; or a real cluster with --brokers), ingest, the query
     /// service (HTTP and Flight SQL) and, with --demo, a simulated estate.
     Standalone(standalone::StandaloneArgs),
+    /// Maintain the Delta tables beside live ingest: compact small files per
+    /// (tenant, date), expire data past its retention, vacuum, checkpoint.
+    Compact(estate_ingest::lifecycle::CompactArgs),
+    /// Print the command-line reference (docs/cli.md) as Markdown.
+    #[command(hide = true)]
+    CliReference,
     /// Consume events from Kafka and commit them, deduplicated and exactly
     /// once, to the Delta tables on the store.
     Ingest(estate_ingest::IngestArgs),
@@ -104,6 +111,16 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         match cli.command {
             Command::Standalone(args) => standalone::run(args, shutdown_signal()).await.context("standalone failed"),
+            Command::Compact(args) => {
+                let compactor = estate_ingest::lifecycle::Compactor::new(args).context("compact")?;
+                let report = compactor.run(shutdown_signal()).await.context("compaction failed")?;
+                println!("{}", serde_json::to_string(&report).context("report")?);
+                Ok(())
+            }
+            Command::CliReference => {
+                print!("{}", cli_doc::markdown());
+                Ok(())
+            }
             Command::Ingest(args) => estate_ingest::run(args, shutdown_signal()).await.map_err(|e| {
                 let kind = e.kind();
                 anyhow::Error::new(e).context(format!("ingest failed ({kind:?} error)"))

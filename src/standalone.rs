@@ -90,6 +90,12 @@ pub(crate) struct StandaloneArgs {
     #[arg(long, env = "ESTATE_REFRESH_INTERVAL", default_value = "250ms", value_parser = estate_ingest::parse_duration)]
     pub(crate) refresh_interval: Duration,
 
+    /// Compact, expire (30 days) and vacuum the tables this often; `0s` turns
+    /// the background compactor off (`estate compact` does the same job as a
+    /// separate process).
+    #[arg(long, env = "ESTATE_COMPACT_INTERVAL", default_value = "5m", value_parser = estate_ingest::parse_duration)]
+    pub(crate) compact_interval: Duration,
+
     /// On shutdown with the embedded broker, how long ingest may take to
     /// drain what the broker still holds.
     #[arg(long, env = "ESTATE_DRAIN_TIMEOUT", default_value = "30s", value_parser = estate_ingest::parse_duration)]
@@ -157,6 +163,26 @@ pub(crate) async fn run(args: StandaloneArgs, shutdown: impl std::future::Future
         }
     };
 
+    let (compact_stop, compact_rx) = tokio::sync::watch::channel(false);
+    let compactor = if args.compact_interval.is_zero() {
+        None
+    } else {
+        let mut c = parse_args::<estate_ingest::lifecycle::CompactArgs>(&["--store", &store])?;
+        c.interval = Some(args.compact_interval);
+        let compactor = estate_ingest::lifecycle::Compactor::new(c).context("starting the compactor")?;
+        let mut rx = compact_rx;
+        Some(tokio::spawn(async move {
+            // The first pass waits one interval: nothing is fragmented at start.
+            tokio::select! {
+                _ = rx.wait_for(|s| *s) => return,
+                () = tokio::time::sleep(args.compact_interval) => {}
+            }
+            if let Err(e) = compactor.run(async move { let _ = rx.wait_for(|s| *s).await; }).await {
+                tracing::error!(error = %e, "compactor stopped");
+            }
+        }))
+    };
+
     let stop_demo = Arc::new(AtomicBool::new(false));
     let demo_stats = Arc::new(DemoStats::default());
     let demo_thread = demo_cfg.clone().map(|mut cfg| {
@@ -202,6 +228,13 @@ pub(crate) async fn run(args: StandaloneArgs, shutdown: impl std::future::Future
             Ok(Ok(Ok(sent))) => tracing::info!(sent, "demo stopped"),
             Ok(Ok(Err(e))) => tracing::error!(error = %e, "demo failed"),
             _ => tracing::error!("demo thread panicked"),
+        }
+    }
+    let _ = compact_stop.send(true);
+    if let Some(mut c) = compactor {
+        // A pass cut short is safe (one partition per commit); don't wait long.
+        if tokio::time::timeout(Duration::from_secs(2), &mut c).await.is_err() {
+            c.abort();
         }
     }
     if embedded.is_some() {

@@ -27,6 +27,7 @@ mod dedup;
 mod error;
 mod faults;
 mod kafka;
+pub mod lifecycle;
 mod metrics;
 mod partition;
 mod pipeline;
@@ -38,7 +39,7 @@ mod table;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-pub use config::{IngestArgs, parse_duration, parse_kv};
+pub use config::{IngestArgs, parse_bytes, parse_duration, parse_kv};
 pub use dedup::{DedupWindow, Verdict, key as dedup_key};
 pub use error::{Error, ErrorKind, Result};
 pub use faults::{FaultSpec, FaultyStore};

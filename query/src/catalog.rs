@@ -131,10 +131,16 @@ impl Catalog {
         if before == Some(version) && slot.current.read().expect("catalog lock").is_some() {
             return Ok(());
         }
-        let state = table.snapshot().map_err(|source| Error::Store {
-            url: self.store.table_url(slot.kind.name()).to_string(),
-            source,
-        })?;
+        let pinned = self.pin(slot.kind, &table, version)?;
+        let files = pinned.files;
+        tracing::debug!(table = slot.kind.name(), version, files, "snapshot published");
+        *slot.current.write().expect("catalog lock") = Some(Arc::new(pinned));
+        Ok(())
+    }
+
+    /// Publishes a loaded table version: its snapshot and its files per tenant.
+    fn pin(&self, kind: TableKind, table: &DeltaTable, version: u64) -> Result<Pinned> {
+        let state = table.snapshot().map_err(|source| Error::Store { url: self.store.table_url(kind.name()).to_string(), source })?;
         let snapshot = state.snapshot().clone();
         let mut by_tenant: HashMap<String, Vec<String>> = HashMap::new();
         let mut files = 0;
@@ -143,12 +149,94 @@ impl Catalog {
             let tenant = f.partition_values_map().remove("tenant").flatten().unwrap_or_default();
             by_tenant.entry(tenant).or_default().push(f.path().into_owned());
         }
-        let pinned = Pinned { version: version as i64, snapshot: Arc::new(snapshot), log_store: table.log_store(), by_tenant, files };
-        tracing::debug!(table = slot.kind.name(), version, files, "snapshot published");
-        *slot.current.write().expect("catalog lock") = Some(Arc::new(pinned));
-        Ok(())
+        Ok(Pinned { version: version as i64, snapshot: Arc::new(snapshot), log_store: table.log_store(), by_tenant, files })
     }
 
+    /// The snapshots of every table as they were at `as_of`: the last version
+    /// committed at or before that time (a table that did not exist then reads
+    /// as empty). A version number names an `events` version; the other tables
+    /// are taken as of that version's commit time. Tenant scoping applies
+    /// exactly as to current snapshots.
+    pub async fn snapshots_as_of(&self, as_of: &AsOf) -> Result<Snapshots> {
+        let at = match as_of {
+            AsOf::Time(t) => *t,
+            AsOf::Version(v) => self.events_commit_time(*v).await?,
+        };
+        let mut tables = Vec::with_capacity(self.slots.len());
+        for slot in &self.slots {
+            let mut table = self.store.table(slot.kind.name()).map_err(|e| Error::Config(e.to_string()))?;
+            if let (AsOf::Version(v), TableKind::Events) = (as_of, slot.kind) {
+                // Exactly the version asked for, whatever commit times say.
+                table.load_version(*v as u64).await.map_err(|e| self.as_of_error(slot.kind, e))?;
+                tables.push((slot.kind, Some(Arc::new(self.pin(slot.kind, &table, *v as u64)?))));
+                continue;
+            }
+            let pinned = match table.load_with_datetime(at).await {
+                Ok(()) => {
+                    let v = table.version().unwrap_or(0);
+                    Some(Arc::new(self.pin(slot.kind, &table, v)?))
+                }
+                Err(e) if is_before_history(&e) => None,
+                Err(e) => return Err(self.as_of_error(slot.kind, e)),
+            };
+            tables.push((slot.kind, pinned));
+        }
+        Ok(Snapshots { tables })
+    }
+
+    async fn events_commit_time(&self, version: i64) -> Result<chrono::DateTime<chrono::Utc>> {
+        let version = u64::try_from(version).map_err(|_| Error::BadSql("as_of: a version is a non-negative integer".into()))?;
+        let mut table = self.store.table(TableKind::Events.name()).map_err(|e| Error::Config(e.to_string()))?;
+        table.load_version(version).await.map_err(|e| self.as_of_error(TableKind::Events, e))?;
+        let latest = {
+            use futures::StreamExt as _;
+            let mut history = table.history(Some(1));
+            history.next().await
+        };
+        let ts = latest
+            .transpose()
+            .map_err(|e| self.as_of_error(TableKind::Events, e))?
+            .and_then(|c| c.timestamp)
+            .ok_or_else(|| Error::BadSql(format!("as_of: events version {version} has no commit time")))?;
+        chrono::DateTime::from_timestamp_millis(ts).ok_or_else(|| Error::BadSql("as_of: bad commit time".into()))
+    }
+
+    fn as_of_error(&self, kind: TableKind, e: deltalake::DeltaTableError) -> Error {
+        let msg = crate::error::redact(&e.to_string(), self.root());
+        Error::BadSql(format!("as_of: {} cannot be read at that point ({msg}); time travel reaches back as far as the compactor's --vacuum-retention", kind.name()))
+    }
+}
+
+/// A point in the table history a query reads, for postmortems.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AsOf {
+    /// An `events` table version.
+    Version(i64),
+    /// A point in time.
+    Time(chrono::DateTime<chrono::Utc>),
+}
+
+impl AsOf {
+    /// Parses `2026-11-24T10:00:00Z` (RFC 3339) or a version number.
+    pub fn parse(s: &str) -> Result<AsOf> {
+        let s = s.trim();
+        if let Ok(v) = s.parse::<i64>() {
+            return Ok(AsOf::Version(v));
+        }
+        chrono::DateTime::parse_from_rfc3339(s)
+            .map(|t| AsOf::Time(t.with_timezone(&chrono::Utc)))
+            .map_err(|e| Error::BadSql(format!("as_of {s:?}: expected an RFC 3339 time such as 2026-11-24T10:00:00Z or an events version number: {e}")))
+    }
+}
+
+/// Whether loading "as of" failed only because the table is younger.
+fn is_before_history(e: &deltalake::DeltaTableError) -> bool {
+    let m = e.to_string();
+    matches!(e, deltalake::DeltaTableError::NotATable(_)) || m.contains("Not a Delta table") || m.contains("earliest")
+        || m.contains("before the first")
+}
+
+impl Catalog {
     /// Polls for new commits until the task is dropped.
     pub async fn refresh_loop(self: Arc<Self>, every: Duration) {
         let mut tick = tokio::time::interval(every);

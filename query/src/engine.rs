@@ -19,7 +19,7 @@ use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::Principal;
-use crate::catalog::{Catalog, Snapshots};
+use crate::catalog::{AsOf, Catalog, Snapshots};
 use crate::error::{Error, Result};
 use crate::guard;
 use crate::metrics::Metrics;
@@ -158,8 +158,16 @@ impl Engine {
 
     /// Parses, checks and plans `sql` for `principal` on the current snapshots.
     pub async fn plan(&self, principal: &Principal, sql: &str) -> Result<Planned> {
+        self.plan_at(principal, sql, None).await
+    }
+
+    /// Like [`Engine::plan`], on the snapshots as of `as_of` when given.
+    pub async fn plan_at(&self, principal: &Principal, sql: &str, as_of: Option<&AsOf>) -> Result<Planned> {
         let statement = guard::check(sql)?;
-        let snapshots = self.catalog.snapshots();
+        let snapshots = match as_of {
+            None => self.catalog.snapshots(),
+            Some(a) => self.catalog.snapshots_as_of(a).await?,
+        };
         let df_err = |e| Error::from_datafusion(e, self.root());
         let ctx = self.sessions.session(principal, &snapshots).await.map_err(df_err)?;
         let plan = ctx.state().statement_to_plan(statement).await.map_err(df_err)?;
@@ -185,12 +193,17 @@ impl Engine {
 
     /// Runs `sql` for `principal` under every limit. `interface` labels metrics.
     pub async fn execute(&self, principal: &Principal, sql: &str, interface: &'static str) -> Result<Answer> {
+        self.execute_at(principal, sql, None, interface).await
+    }
+
+    /// Like [`Engine::execute`], on the snapshots as of `as_of` when given.
+    pub async fn execute_at(&self, principal: &Principal, sql: &str, as_of: Option<&AsOf>, interface: &'static str) -> Result<Answer> {
         let started = Instant::now();
         let result = async {
             let _permit = self.admit(principal).await?;
             self.metrics.running.inc();
             let run = tokio::time::timeout(self.limits.timeout, async {
-                let planned = self.plan(principal, sql).await?;
+                let planned = self.plan_at(principal, sql, as_of).await?;
                 self.run(principal, planned).await
             })
             .await;

@@ -36,6 +36,7 @@ use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{Auth, Principal};
+use crate::catalog::AsOf;
 use crate::engine::{Engine, plain_schema};
 use crate::error::Error;
 use crate::session::{CATALOG, SCHEMA};
@@ -61,6 +62,18 @@ pub struct FlightSql {
 }
 
 /// Maps an error to the gRPC status a Flight SQL client understands.
+/// Time travel over Flight SQL: the `x-estate-as-of` call header (an RFC
+/// 3339 time or an `events` version), on both GetFlightInfo and DoGet.
+fn as_of_header<T>(request: &Request<T>) -> Result<Option<AsOf>, Status> {
+    match request.metadata().get("x-estate-as-of") {
+        None => Ok(None),
+        Some(v) => {
+            let s = v.to_str().map_err(|_| Status::invalid_argument("x-estate-as-of is not text"))?;
+            AsOf::parse(s).map(Some).map_err(to_status)
+        }
+    }
+}
+
 pub fn to_status(e: Error) -> Status {
     let msg = e.to_string();
     match e.http_status() {
@@ -155,14 +168,14 @@ impl FlightSql {
         }
     }
 
-    async fn run(&self, principal: &Principal, sql: &str) -> Result<Response<DoGetStream>, Status> {
-        let answer = self.engine.execute(principal, sql, "flight").await.map_err(to_status)?;
+    async fn run(&self, principal: &Principal, sql: &str, as_of: Option<&AsOf>) -> Result<Response<DoGetStream>, Status> {
+        let answer = self.engine.execute_at(principal, sql, as_of, "flight").await.map_err(to_status)?;
         let (schema, batches) = answer.plain().map_err(to_status)?;
         Ok(stream_batches(schema, batches))
     }
 
-    async fn schema_of(&self, principal: &Principal, sql: &str) -> Result<SchemaRef, Status> {
-        let planned = self.engine.plan(principal, sql).await.map_err(to_status)?;
+    async fn schema_of(&self, principal: &Principal, sql: &str, as_of: Option<&AsOf>) -> Result<SchemaRef, Status> {
+        let planned = self.engine.plan_at(principal, sql, as_of).await.map_err(to_status)?;
         Ok(plain_schema(&planned.schema()))
     }
 }
@@ -193,7 +206,8 @@ impl FlightSqlService for FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let (principal, _) = self.authorize(&request)?;
-        let schema = self.schema_of(&principal, &query.query).await?;
+        let as_of = as_of_header(&request)?;
+        let schema = self.schema_of(&principal, &query.query, as_of.as_ref()).await?;
         let ticket = TicketStatementQuery { statement_handle: query.query.into_bytes().into() };
         info(ticket.as_any().encode_to_vec(), &schema, request.into_inner())
     }
@@ -206,7 +220,8 @@ impl FlightSqlService for FlightSql {
         let (principal, _) = self.authorize(&request)?;
         let sql = String::from_utf8(ticket.statement_handle.to_vec())
             .map_err(|_| Status::invalid_argument("statement handle is not UTF-8 SQL"))?;
-        self.run(&principal, &sql).await
+        let as_of = as_of_header(&request)?;
+        self.run(&principal, &sql, as_of.as_ref()).await
     }
 
     async fn do_action_create_prepared_statement(
@@ -215,7 +230,7 @@ impl FlightSqlService for FlightSql {
         request: Request<arrow_flight::Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let (principal, token) = self.authorize(&request)?;
-        let schema = self.schema_of(&principal, &query.query).await?;
+        let schema = self.schema_of(&principal, &query.query, None).await?;
         let IpcMessage(schema_bytes) = SchemaAsIpc::new(&schema, &IpcWriteOptions::default())
             .try_into()
             .map_err(|e: deltalake::arrow::error::ArrowError| Status::internal(format!("encoding the schema: {e}")))?;
@@ -251,7 +266,8 @@ impl FlightSqlService for FlightSql {
     ) -> Result<Response<DoGetStream>, Status> {
         let (principal, token) = self.authorize(&request)?;
         let (sql, _) = self.prepared(&cmd.prepared_statement_handle, &token)?;
-        self.run(&principal, &sql).await
+        let as_of = as_of_header(&request)?;
+        self.run(&principal, &sql, as_of.as_ref()).await
     }
 
     async fn do_put_prepared_statement_query(

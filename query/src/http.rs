@@ -19,7 +19,7 @@ use deltalake::arrow::json::{WriterBuilder as JsonWriterBuilder, writer::JsonArr
 use serde::Deserialize;
 
 use crate::auth::Auth;
-use crate::catalog::Catalog;
+use crate::catalog::{AsOf, Catalog};
 use crate::engine::{Answer, Engine};
 use crate::error::{Error, Result};
 
@@ -37,6 +37,9 @@ struct AppState {
 #[serde(deny_unknown_fields)]
 struct SqlRequest {
     sql: String,
+    /// Time travel: an RFC 3339 time or an `events` version number.
+    #[serde(default)]
+    as_of: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,7 +115,13 @@ async fn sql(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Resp
         let principal = s.auth.authenticate(auth)?;
         let req: SqlRequest = serde_json::from_slice(&body)
             .map_err(|e| Error::BadSql(format!("the body must be JSON {{\"sql\": \"…\"}}: {e}")))?;
-        let answer = s.engine.execute(&principal, &req.sql, "http").await?;
+        let as_of = match &req.as_of {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(t)) => Some(AsOf::parse(t)?),
+            Some(serde_json::Value::Number(n)) => Some(AsOf::parse(&n.to_string())?),
+            Some(_) => return Err(Error::BadSql("as_of must be an RFC 3339 time string or a version number".into())),
+        };
+        let answer = s.engine.execute_at(&principal, &req.sql, as_of.as_ref(), "http").await?;
         encode(&answer, format_of(&headers))
     }
     .await;

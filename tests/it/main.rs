@@ -4,6 +4,7 @@
 
 mod harness;
 mod ingest;
+mod lifecycle;
 mod loadgen;
 mod poller;
 mod query;

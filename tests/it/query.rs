@@ -2,7 +2,6 @@
 //! tenant isolation, limits and live visibility of new commits. The tables
 //! are written with ingest's own Delta sink and the schemas crate's builders.
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -25,7 +24,7 @@ pub const NOC: &str = "noc-token-01";
 const FOREIGN: [&str; 4] = ["tenant=beta", "tenant=globex", "beta-private", "globex-private"];
 
 /// Wire messages for one tenant: events, node snapshots and heartbeats.
-fn tenant_messages(tenant: &str, now: i64) -> Vec<String> {
+pub fn tenant_messages(tenant: &str, now: i64) -> Vec<String> {
     let private = format!("{tenant}-private");
     let mut out = Vec::new();
     for p in 1..=2 {
@@ -68,15 +67,25 @@ fn tenant_messages(tenant: &str, now: i64) -> Vec<String> {
 }
 
 /// Decodes `messages` as ingest does and commits them to the four tables.
-fn commit(store_dir: &Path, tenant: &str, messages: &[String], receipts: Vec<ReceiptRow>) {
+pub fn commit(store_dir: &Path, tenant: &str, messages: &[String], receipts: Vec<ReceiptRow>) {
+    commit_at(store_dir, tenant, messages, receipts, now_ms());
+}
+
+/// [`commit`] as if ingest ran at `now` (which dates the receipts rows).
+pub fn commit_at(store_dir: &Path, tenant: &str, messages: &[String], receipts: Vec<ReceiptRow>, now: i64) {
+    let msgs: Vec<(&str, &str)> = messages.iter().map(|m| (tenant, m.as_str())).collect();
+    commit_multi(store_dir, &msgs, receipts, now);
+}
+
+/// One commit per table of `(tenant, message)` pairs, decoded as ingest does.
+pub fn commit_multi(store_dir: &Path, messages: &[(&str, &str)], receipts: Vec<ReceiptRow>, now: i64) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let store = Store::open(store_dir.to_str().unwrap(), Default::default(), None).unwrap();
-        let now = now_ms();
-        let ctx = DecodeContext { tenant: Some(tenant), max_bytes: 1 << 20, now_ms: now, max_future_ms: 86_400_000 };
         let (mut ev, mut nodes, mut hb) = (EventsBuilder::default(), NodesBuilder::default(), HeartbeatsBuilder::default());
         let mut rec = ReceiptsBuilder::default();
-        for (i, m) in messages.iter().enumerate() {
+        for (i, (tenant, m)) in messages.iter().enumerate() {
+            let ctx = DecodeContext { tenant: Some(tenant), max_bytes: 1 << 20, now_ms: now, max_future_ms: 86_400_000 };
             let src = Source { topic: "estate.events", partition: 0, offset: i as i64 };
             match estate_schemas::decode(m.as_bytes(), &ctx).unwrap_or_else(|e| panic!("{m}: {e:?}")) {
                 Record::Event(e) => ev.append(tenant, &e, now, src),
@@ -94,13 +103,16 @@ fn commit(store_dir: &Path, tenant: &str, messages: &[String], receipts: Vec<Rec
             (TableKind::Receipts, rec.finish(now).unwrap()),
         ];
         for (kind, batch) in batches {
+            if batch.num_rows() == 0 && kind != TableKind::Events {
+                continue;
+            }
             let mut sink = DeltaSink::open(&store, kind).await.unwrap();
             sink.commit_fenced(&[], &[batch]).await.unwrap();
         }
     });
 }
 
-fn receipt(tenant: &str, poller: &str, start: i64, end: i64) -> ReceiptRow {
+pub fn receipt(tenant: &str, poller: &str, start: i64, end: i64) -> ReceiptRow {
     ReceiptRow {
         tenant: tenant.into(),
         poller: poller.into(),
@@ -115,7 +127,7 @@ fn receipt(tenant: &str, poller: &str, start: i64, end: i64) -> ReceiptRow {
 
 /// Three tenants. `acme-p2` has a gap (11..=14) and a lost tail against its
 /// heartbeat; every other poller is complete.
-fn write_estate(store: &Path) {
+pub fn write_estate(store: &Path) {
     let now = now_ms();
     for tenant in ["acme", "beta", "globex"] {
         let msgs = tenant_messages(tenant, now);
@@ -504,8 +516,6 @@ fn flight_sql() {
     let q = QueryServer::start(&[]);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        use arrow_flight::sql::client::FlightSqlServiceClient;
-        use futures::TryStreamExt;
 
         use harness::{flight_client as client, flight_fetch as fetch};
         let rows = |b: &[RecordBatch]| b.iter().map(|b| b.num_rows()).sum::<usize>();
