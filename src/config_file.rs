@@ -40,9 +40,19 @@ pub(crate) fn merged_args(args: Vec<OsString>) -> anyhow::Result<Vec<OsString>> 
         .as_table()
         .with_context(|| format!("config file {}: [{sub_name}] must be a table", path.display()))?;
     let sub = cmd.find_subcommand(&sub_name).expect("found above");
+    // A nested subcommand (`estate dlq inspect`) takes the settings of its
+    // parent's table (`[dlq]`); a key only a sibling has (`dry-run`) is skipped.
+    let (sub, insert_at, siblings) = match strs.get(sub_pos + 1).and_then(|n| sub.find_subcommand(n)) {
+        Some(leaf) => (leaf, sub_pos + 2, sub.get_subcommands().collect::<Vec<_>>()),
+        None => (sub, sub_pos + 1, Vec::new()),
+    };
     let mut injected: Vec<OsString> = Vec::new();
     for (key, value) in section {
         let long = key.replace('_', "-");
+        let has = |c: &clap::Command| c.get_arguments().any(|a| a.get_long() == Some(long.as_str()));
+        if !has(sub) && siblings.iter().any(|c| has(c)) {
+            continue;
+        }
         let arg = sub
             .get_arguments()
             .find(|a| a.get_long() == Some(long.as_str()))
@@ -67,7 +77,7 @@ pub(crate) fn merged_args(args: Vec<OsString>) -> anyhow::Result<Vec<OsString>> 
         }
     }
     let mut out = args;
-    out.splice(sub_pos + 1..sub_pos + 1, injected);
+    out.splice(insert_at..insert_at, injected);
     Ok(out)
 }
 

@@ -70,6 +70,13 @@ enum Command {
     /// Compare the estate (query service + DLQ) with a loadgen ground truth;
     /// exits non-zero on any mismatch.
     Verify(estate_loadgen::VerifyArgs),
+    /// Operator tools for the dead-letter topic: `inspect` counts and shows
+    /// rejected messages, `replay` re-sends fixed ones to their source topic.
+    Dlq(estate_ingest::dlq::DlqArgs),
+    /// One screen of estate health: pollers, loss audit, freshness per tenant
+    /// (query service) and lag, event and DLQ rates (ingest metrics). Exits
+    /// non-zero when a source is unavailable.
+    Status(estate_loadgen::StatusArgs),
 }
 
 fn init_tracing(format: LogFormat, filter: &str) -> anyhow::Result<()> {
@@ -140,6 +147,14 @@ fn main() -> anyhow::Result<()> {
                 .await
                 .context("verify thread")?
                 .context("verify failed"),
+            Command::Dlq(args) => estate_ingest::dlq::run(args).await.map_err(|e| {
+                let kind = e.kind();
+                anyhow::Error::new(e).context(format!("dlq failed ({kind:?} error)"))
+            }),
+            Command::Status(args) => tokio::task::spawn_blocking(move || estate_loadgen::run_status(&args))
+                .await
+                .context("status thread")?
+                .context("status"),
         }
     })
 }

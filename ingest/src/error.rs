@@ -65,6 +65,14 @@ pub enum Error {
         /// Cause.
         source: deltalake::datafusion::error::DataFusionError,
     },
+    /// The DLQ could not be read or replayed to the end.
+    #[error("DLQ {topic}: {detail}")]
+    Dlq {
+        /// The DLQ topic.
+        topic: String,
+        /// What went wrong, and how far it got.
+        detail: String,
+    },
     /// I/O error.
     #[error("{what}: {source}")]
     Io {
@@ -80,7 +88,12 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Config(_) | Error::Store { .. } => ErrorKind::User,
-            Error::Delta { .. } | Error::Kafka { .. } | Error::Publish { .. } | Error::Io { .. } | Error::Restore { .. } => {
+            Error::Delta { .. }
+            | Error::Kafka { .. }
+            | Error::Publish { .. }
+            | Error::Io { .. }
+            | Error::Restore { .. }
+            | Error::Dlq { .. } => {
                 ErrorKind::External
             }
             Error::Arrow(_) => ErrorKind::Internal,

@@ -62,6 +62,17 @@ pub(crate) async fn publish_all(
     records: &[OutRecord<'_>],
     rounds: u32,
 ) -> Result<()> {
+    publish_routed(producer, records, |_| (topic, None), rounds).await
+}
+
+/// Like [`publish_all`], with each record's topic and (optionally) partition
+/// given by `route(index)`; `None` partitions by key.
+pub(crate) async fn publish_routed<'t>(
+    producer: &FutureProducer,
+    records: &[OutRecord<'_>],
+    route: impl Fn(usize) -> (&'t str, Option<i32>),
+    rounds: u32,
+) -> Result<()> {
     let mut todo: Vec<usize> = (0..records.len()).collect();
     for round in 0..rounds {
         if todo.is_empty() {
@@ -74,6 +85,7 @@ pub(crate) async fn publish_all(
             .iter()
             .map(|&i| {
                 let r = &records[i];
+                let (topic, partition) = route(i);
                 let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
                 for (k, v) in &r.headers {
                     headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
@@ -81,6 +93,9 @@ pub(crate) async fn publish_all(
                 let mut rec = FutureRecord::<[u8], [u8]>::to(topic).payload(r.value).headers(headers);
                 if let Some(k) = r.key {
                     rec = rec.key(k);
+                }
+                if let Some(p) = partition {
+                    rec = rec.partition(p);
                 }
                 let fut = producer.send(rec, Timeout::After(Duration::from_secs(30)));
                 async move { (i, fut.await) }
@@ -95,13 +110,16 @@ pub(crate) async fn publish_all(
             }
         }
         if let Some(e) = &last_err {
+            let topic = route(failed[0]).0;
             tracing::warn!(topic, failed = failed.len(), error = %e, round, "publish failed; retrying");
         }
         todo = failed;
     }
     if todo.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Publish { topic: topic.to_owned(), failed: todo.len() })
+        return Ok(());
     }
+    let mut topics: Vec<&str> = todo.iter().map(|&i| route(i).0).collect();
+    topics.sort_unstable();
+    topics.dedup();
+    Err(Error::Publish { topic: topics.join(","), failed: todo.len() })
 }

@@ -24,6 +24,7 @@
 mod config;
 mod consumer;
 mod dedup;
+pub mod dlq;
 mod error;
 mod faults;
 mod kafka;

@@ -46,6 +46,12 @@ pub enum Error {
     /// The estate does not match the ground truth.
     #[error("verification failed: {0} mismatching checks")]
     Mismatch(usize),
+    /// The DLQ could not be read.
+    #[error("reading the DLQ: {0}")]
+    Dlq(Box<estate_ingest::Error>),
+    /// `estate status` could not ask some of its sources.
+    #[error("{} source(s) unavailable: {}", .0.len(), .0.join("; "))]
+    Unavailable(Vec<String>),
 }
 
 impl Error {

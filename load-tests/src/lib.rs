@@ -12,6 +12,9 @@
 //! topic, compares with the ground truth, prints a table and fails on any
 //! mismatch.
 //!
+//! `estate status` asks the query service and each ingest instance's
+//! metrics endpoint for one screen of estate health (see `status`).
+//!
 //! Guarantees: the ground truth is exact (distinct event ids are counted,
 //! not estimated), and a truth file is written only if every message was
 //! acknowledged by the broker. Rejects whose seq ingest can read are sent by
@@ -22,11 +25,13 @@ mod error;
 pub mod estate;
 mod loadgen;
 pub mod mix;
+pub mod status;
 pub mod truth;
 pub mod verify;
 
 pub use error::{Error, Result};
 pub use loadgen::{LoadgenArgs, run as run_loadgen};
+pub use status::{StatusArgs, run as run_status};
 pub use truth::Truth;
 pub use verify::{VerifyArgs, run as run_verify};
 

@@ -10,12 +10,10 @@
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
+use estate_ingest::dlq::{self, DlqFilter, DlqSource};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -263,43 +261,19 @@ fn exchange(url: &str, method: &str, headers: &str, body: &str, timeout: Duratio
 
 /// Counts this run's DLQ records by reason, each distinct source coordinate once.
 fn count_dlq(brokers: &str, topic: &str, marker: &str, opts: &[(String, String)]) -> Result<BTreeMap<String, u64>> {
-    let mut cc = ClientConfig::new();
-    cc.set("bootstrap.servers", brokers).set("group.id", "estate-verify").set("enable.auto.commit", "false");
-    for (k, v) in opts {
-        cc.set(k, v);
-    }
-    let c: BaseConsumer = cc.create().map_err(Error::kafka("creating the DLQ consumer"))?;
-    let t = Duration::from_secs(10);
-    let md = c.fetch_metadata(Some(topic), t).map_err(Error::kafka("DLQ metadata"))?;
-    let parts: Vec<i32> = md.topics().iter().filter(|x| x.name() == topic && x.error().is_none()).flat_map(|x| x.partitions().iter().map(|p| p.id())).collect();
-    let mut seen: HashSet<(String, String, String)> = HashSet::new();
+    let src = DlqSource { brokers: brokers.to_owned(), dlq_topic: topic.to_owned(), kafka_opts: opts.to_vec(), timeout: Duration::from_secs(120) };
+    let mut seen: HashSet<u128> = HashSet::new();
     let mut by_reason: BTreeMap<String, u64> = BTreeMap::new();
     let marker = marker.as_bytes();
-    for p in parts {
-        let (low, high) = c.fetch_watermarks(topic, p, t).map_err(Error::kafka("DLQ watermarks"))?;
-        if low >= high {
-            continue;
+    let report = dlq::scan(&src, &DlqFilter::default(), |r| {
+        if r.value.windows(marker.len()).any(|w| w == marker) && seen.insert(r.source_id()) {
+            *by_reason.entry(r.reason).or_default() += 1;
         }
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, p, Offset::Offset(low)).map_err(Error::kafka("DLQ assignment"))?;
-        c.assign(&tpl).map_err(Error::kafka("DLQ assignment"))?;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let mut pos = low;
-        while pos < high && Instant::now() < deadline {
-            let Some(m) = c.poll(Duration::from_millis(200)) else { continue };
-            let m = m.map_err(Error::kafka("reading the DLQ"))?;
-            pos = m.offset() + 1;
-            let payload = m.payload().unwrap_or(&[]);
-            if !payload.windows(marker.len()).any(|w| w == marker) {
-                continue;
-            }
-            let Some(h) = m.headers() else { continue };
-            let get = |n: &str| h.iter().find(|x| x.key == n).and_then(|x| x.value).map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
-            let coord = (get("estate-source-topic"), get("estate-source-partition"), get("estate-source-offset"));
-            if seen.insert(coord) {
-                *by_reason.entry(get("estate-reason")).or_default() += 1;
-            }
-        }
+        ControlFlow::Continue(())
+    })
+    .map_err(|e| Error::Dlq(Box::new(e)))?;
+    if !report.complete {
+        return Err(Error::Dlq(Box::new(report.incomplete(topic, src.timeout))));
     }
     Ok(by_reason)
 }
