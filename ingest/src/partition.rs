@@ -84,6 +84,9 @@ pub struct Counts {
     pub duplicates: u64,
     /// Rejections by reason code.
     pub rejected: Vec<(Reason, u64)>,
+    /// Offsets the broker no longer had when they were due (deleted by its
+    /// retention before they were read), or transaction markers.
+    pub skipped_offsets: u64,
 }
 
 /// Settings the per-message logic needs.
@@ -170,6 +173,9 @@ impl PartitionState {
     ) {
         if offset <= self.processed {
             return; // re-delivered after a seek
+        }
+        if offset > self.processed + 1 {
+            self.counts.skipped_offsets += (offset - self.processed - 1) as u64;
         }
         self.processed = offset;
         let c = self.marks.committed;
@@ -306,6 +312,10 @@ mod tests {
         assert_eq!(p.dlq[1].reason, Reason::MissingKey);
         assert_eq!(p.deduped.len(), 1);
         assert_eq!(p.processed, 3);
+        assert_eq!(p.counts.skipped_offsets, 0);
+        // Offsets 4..=6 were deleted by the broker before they were read.
+        p.process(7, Some(b"acme"), &ev(4, "d"), now, &cfg());
+        assert_eq!(p.counts.skipped_offsets, 3);
     }
 
     #[test]

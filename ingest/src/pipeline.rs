@@ -27,7 +27,7 @@ use tokio::runtime::Handle;
 use crate::error::{Error, Result};
 use crate::kafka::{OutRecord, publish_all};
 use crate::metrics::{Metrics, label};
-use crate::partition::{PartitionState, ProcessConfig, TopicPartition};
+use crate::partition::{DedupedRecord, PartitionState, ProcessConfig, TopicPartition};
 use crate::restore;
 use crate::store::Store;
 use crate::table::{CommitOutcome, DeltaSink, TableKind, TxnClaim, app_id};
@@ -200,9 +200,34 @@ impl Pipeline {
         let started = Instant::now();
         let rt = self.rt.clone();
         let mut reset: Vec<usize> = Vec::new();
+        // The deduplicated stream is published on a runtime worker while the
+        // tables are written and committed on this thread. It is at least
+        // once: a partition whose commit fails is re-read and re-published.
+        let jobs: Vec<(usize, Vec<DedupedRecord>)> = match &self.cfg.deduped_topic {
+            Some(_) => self
+                .parts
+                .iter_mut()
+                .enumerate()
+                .filter(|(_, p)| !p.deduped.is_empty())
+                .map(|(i, p)| (i, std::mem::take(&mut p.deduped)))
+                .collect(),
+            None => Vec::new(),
+        };
+        let publish = self.cfg.deduped_topic.clone().filter(|_| !jobs.is_empty()).map(|topic| {
+            let producer = self.producer.clone();
+            let metrics = self.metrics.clone();
+            let names: Vec<String> = jobs.iter().map(|(i, _)| self.parts[*i].tp.to_string()).collect();
+            rt.spawn(async move { publish_deduped(&producer, &topic, &jobs, &names, &metrics).await })
+        });
         let committed_any = rt.block_on(self.flush_tables(&mut reset));
         let tables_took = started.elapsed();
-        let published = rt.block_on(self.publish_deduped(&reset));
+        let published = match publish {
+            Some(h) => rt.block_on(h).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "deduplicated stream task failed; its partitions will be re-read");
+                (0..self.parts.len()).collect()
+            }),
+            None => Vec::new(),
+        };
         tracing::debug!(committed_any, reset = reset.len(), tables = ?tables_took, total = ?started.elapsed(), "flush: tables and deduped stream done");
         reset.extend(published);
         reset.sort_unstable();
@@ -398,42 +423,16 @@ impl Pipeline {
     }
 
     /// Step 3: publish what was stored. Returns partitions to reset.
-    async fn publish_deduped(&mut self, reset: &[usize]) -> Vec<usize> {
-        let mut failed = Vec::new();
-        let Some(topic) = self.cfg.deduped_topic.clone() else {
-            return failed;
-        };
-        for i in 0..self.parts.len() {
-            let p = &self.parts[i];
-            if p.deduped.is_empty() || reset.contains(&i) {
-                continue;
-            }
-            let recs: Vec<OutRecord<'_>> = p
-                .deduped
-                .iter()
-                .map(|d| OutRecord {
-                    key: Some(d.tenant.as_bytes()),
-                    value: &d.json,
-                    headers: vec![("estate-event-id", d.event_id.clone())],
-                })
-                .collect();
-            match publish_all(&self.producer, &topic, &recs, PUBLISH_ROUNDS).await {
-                Ok(()) => {
-                    self.metrics.deduped_records.inc_by(recs.len() as u64);
-                    self.parts[i].deduped.clear();
-                }
-                Err(e) => {
-                    tracing::error!(partition = %p.tp, error = %e, "deduplicated stream publish failed; partition will be re-read and re-published");
-                    failed.push(i);
-                }
-            }
-        }
-        failed
-    }
-
     fn publish_counts(&mut self) {
         for p in &mut self.parts {
             let c = std::mem::take(&mut p.counts);
+            if c.skipped_offsets > 0 {
+                // The seq-based loss audit shows what this cost, per poller.
+                tracing::warn!(partition = %p.tp, offsets = c.skipped_offsets,
+                    "offsets skipped: the broker no longer had them when they were due (its retention deleted them \
+                     before ingest read them), or they were transaction markers");
+                self.metrics.offsets_skipped.inc_by(c.skipped_offsets);
+            }
             self.metrics.messages_in.inc_by(c.messages);
             self.metrics.duplicates.inc_by(c.duplicates);
             for (reason, n) in c.rejected {
@@ -460,6 +459,34 @@ impl Pipeline {
             self.metrics.dedup_evictions.inc_by(ev - seen);
         }
     }
+}
+
+/// Publishes each partition's deduplicated records; returns the indices of
+/// the partitions whose records could not all be published.
+async fn publish_deduped(
+    producer: &FutureProducer,
+    topic: &str,
+    jobs: &[(usize, Vec<DedupedRecord>)],
+    names: &[String],
+    metrics: &Metrics,
+) -> Vec<usize> {
+    let mut failed = Vec::new();
+    for ((i, records), name) in jobs.iter().zip(names) {
+        let recs: Vec<OutRecord<'_>> = records
+            .iter()
+            .map(|d| OutRecord { key: Some(d.tenant.as_bytes()), value: &d.json, headers: vec![("estate-event-id", d.event_id.clone())] })
+            .collect();
+        match publish_all(producer, topic, &recs, PUBLISH_ROUNDS).await {
+            Ok(()) => {
+                metrics.deduped_records.inc_by(recs.len() as u64);
+            }
+            Err(e) => {
+                tracing::error!(partition = %name, error = %e, "deduplicated stream publish failed; partition will be re-read and re-published");
+                failed.push(*i);
+            }
+        }
+    }
+    failed
 }
 
 /// Combines per-partition batches into the commit's data; `events` rows are

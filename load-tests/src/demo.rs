@@ -57,7 +57,7 @@ pub struct DemoStats {
 /// Runs the demo estate on the calling thread until `stop` is set, then
 /// flushes the producer. Returns the number of messages delivered.
 pub fn run(cfg: &DemoConfig, stop: &AtomicBool, stats: &Arc<DemoStats>) -> Result<u64> {
-    if cfg.tenants == 0 || cfg.pollers == 0 || cfg.nodes == 0 || !(cfg.rate > 0.0) {
+    if cfg.tenants == 0 || cfg.pollers == 0 || cfg.nodes == 0 || cfg.rate.is_nan() || cfg.rate <= 0.0 {
         return Err(Error::Config("the demo needs at least one tenant, poller and node, and a positive rate".into()));
     }
     let mix = Mix::parse(DEFAULT_MIX)?;
