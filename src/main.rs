@@ -65,8 +65,9 @@ enum Command {
     /// spool every event durably, and forward the spool to Kafka.
     Poller(estate_poller::PollerArgs),
     /// Simulate an estate of tenants × pollers × nodes into Kafka and write
-    /// the ground truth.
-    Loadgen(estate_loadgen::LoadgenArgs),
+    /// the ground truth; with --capacity, step the rate up against a running
+    /// pipeline and measure its capacity.
+    Loadgen(Box<estate_loadgen::LoadgenArgs>),
     /// Compare the estate (query service + DLQ) with a loadgen ground truth;
     /// exits non-zero on any mismatch.
     Verify(estate_loadgen::VerifyArgs),
@@ -139,6 +140,10 @@ fn main() -> anyhow::Result<()> {
                 let kind = e.kind();
                 anyhow::Error::new(e).context(format!("poller failed ({kind:?} error)"))
             }),
+            Command::Loadgen(args) if args.capacity.enabled => tokio::task::spawn_blocking(move || estate_loadgen::run_capacity(&args).map(|_| ()))
+                .await
+                .context("loadgen thread")?
+                .context("capacity run failed"),
             Command::Loadgen(args) => tokio::task::spawn_blocking(move || estate_loadgen::run_loadgen(&args).map(|_| ()))
                 .await
                 .context("loadgen thread")?

@@ -20,6 +20,7 @@
 //! acknowledged by the broker. Rejects whose seq ingest can read are sent by
 //! dedicated junk pollers, so they never open a gap in a real poller's seq.
 
+pub mod capacity;
 pub mod demo;
 mod error;
 pub mod estate;
@@ -29,6 +30,7 @@ pub mod status;
 pub mod truth;
 pub mod verify;
 
+pub use capacity::{CapacityArgs, run as run_capacity};
 pub use error::{Error, Result};
 pub use loadgen::{LoadgenArgs, run as run_loadgen};
 pub use status::{StatusArgs, run as run_status};
@@ -43,7 +45,7 @@ mod cli_tests {
 
     #[derive(Debug, Parser)]
     enum Cli {
-        Loadgen(LoadgenArgs),
+        Loadgen(Box<LoadgenArgs>),
         Verify(VerifyArgs),
     }
 

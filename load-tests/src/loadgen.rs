@@ -24,8 +24,8 @@ pub struct LoadgenArgs {
     pub brokers: String,
 
     /// Where to write the ground-truth JSON file (for `estate verify`).
-    #[arg(long, env = "ESTATE_TRUTH")]
-    pub truth: PathBuf,
+    #[arg(long, env = "ESTATE_TRUTH", required_unless_present = "enabled")]
+    pub truth: Option<PathBuf>,
 
     /// Tenants.
     #[arg(long, env = "ESTATE_LOADGEN_TENANTS", default_value_t = 3)]
@@ -94,6 +94,10 @@ pub struct LoadgenArgs {
     /// librdkafka setting passed through (repeatable).
     #[arg(long = "kafka-opt", env = "ESTATE_KAFKA_OPTS", value_parser = estate_poller::parse_kv, value_delimiter = ';', hide_env_values = true)]
     pub kafka_opts: Vec<(String, String)>,
+
+    /// Capacity mode (`--capacity`) and its options.
+    #[command(flatten)]
+    pub capacity: crate::capacity::CapacityArgs,
 }
 
 #[derive(Debug, Default)]
@@ -114,8 +118,8 @@ impl ProducerContext for Ctx {
     }
 }
 
-/// Runs `estate loadgen`; returns the ground truth it wrote.
-pub fn run(args: &LoadgenArgs) -> Result<Truth> {
+/// The simulated estate `args` describe, its pollers at `epoch`, and its run id.
+pub(crate) fn simulator(args: &LoadgenArgs, epoch: i64) -> Result<(Estate, String)> {
     let mix_text = match &args.mix {
         Some(p) => std::fs::read_to_string(p).map_err(Error::io("reading event mix", p))?,
         None => DEFAULT_MIX.to_owned(),
@@ -133,7 +137,6 @@ pub fn run(args: &LoadgenArgs) -> Result<Truth> {
     if run_id.is_empty() || !run_id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
         return Err(Error::Config("--run-id must be lowercase alphanumeric".into()));
     }
-    let started = chrono::Utc::now();
     let cfg = EstateConfig {
         tenants: args.tenants,
         pollers: args.pollers,
@@ -142,8 +145,8 @@ pub fn run(args: &LoadgenArgs) -> Result<Truth> {
         malformed: args.malformed,
         mirror_pairs: args.mirror_pairs,
         tenant_prefix: args.tenant_prefix.clone(),
-        run_id,
-        epoch: started.timestamp(),
+        run_id: run_id.clone(),
+        epoch,
         topic: args.topic.clone(),
         per_tenant_topic: args.per_tenant_topic,
         too_large_bytes: args.too_large_bytes,
@@ -153,7 +156,14 @@ pub fn run(args: &LoadgenArgs) -> Result<Truth> {
     if !estate_schemas::is_valid_tenant(&probe) {
         return Err(Error::Config(format!("--tenant-prefix gives invalid tenant ids such as {probe:?}")));
     }
-    let mut estate = Estate::new(cfg, mix);
+    Ok((Estate::new(cfg, mix), run_id))
+}
+
+/// Runs `estate loadgen`; returns the ground truth it wrote.
+pub fn run(args: &LoadgenArgs) -> Result<Truth> {
+    let truth_path = args.truth.as_deref().ok_or_else(|| Error::Config("--truth is required".into()))?;
+    let started = chrono::Utc::now();
+    let (mut estate, _) = simulator(args, started.timestamp())?;
     let producer = producer(&args.brokers, &args.kafka_opts, args.too_large_bytes)?;
     let target = (args.rate * args.duration.as_secs_f64()) as u64;
     let pb = ProgressBar::new(target);
@@ -204,8 +214,8 @@ pub fn run(args: &LoadgenArgs) -> Result<Truth> {
         return Err(Error::Config(format!("{failed} messages were not delivered; no truth file written (it would be wrong)")));
     }
     let truth = estate.truth(started.to_rfc3339());
-    truth.write(&args.truth)?;
-    tracing::info!(messages = truth.sent.messages, events = truth.sent.events, seconds = start.elapsed().as_secs_f64(), truth = %args.truth.display(), "loadgen done");
+    truth.write(truth_path)?;
+    tracing::info!(messages = truth.sent.messages, events = truth.sent.events, seconds = start.elapsed().as_secs_f64(), truth = %truth_path.display(), "loadgen done");
     Ok(truth)
 }
 

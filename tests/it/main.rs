@@ -2,6 +2,7 @@
 #![allow(unreachable_pub)] // test-only modules share helpers with `pub`
 //! store directories. One test binary for the crate (see STYLE.md).
 
+mod capacity;
 mod dlq;
 mod harness;
 mod ingest;
