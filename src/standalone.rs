@@ -82,12 +82,13 @@ pub(crate) struct StandaloneArgs {
     #[arg(long, env = "ESTATE_PARTITIONS", default_value_t = 6)]
     pub(crate) partitions: i32,
 
-    /// Ingest commits at least this often.
-    #[arg(long, env = "ESTATE_FLUSH_INTERVAL", default_value = "1s", value_parser = estate_ingest::parse_duration)]
+    /// Ingest commits at least this often (with the refresh interval, this
+    /// sets how soon an event is queryable).
+    #[arg(long, env = "ESTATE_FLUSH_INTERVAL", default_value = "500ms", value_parser = estate_ingest::parse_duration)]
     pub(crate) flush_interval: Duration,
 
     /// The query service looks for new commits this often.
-    #[arg(long, env = "ESTATE_REFRESH_INTERVAL", default_value = "250ms", value_parser = estate_ingest::parse_duration)]
+    #[arg(long, env = "ESTATE_REFRESH_INTERVAL", default_value = "100ms", value_parser = estate_ingest::parse_duration)]
     pub(crate) refresh_interval: Duration,
 
     /// Compact, expire (30 days) and vacuum the tables this often; `0s` turns
@@ -147,6 +148,11 @@ pub(crate) async fn run(args: StandaloneArgs, shutdown: impl std::future::Future
     ingest_args.metrics_addr = args.metrics_addr;
     ingest_args.flush_interval = args.flush_interval;
     ingest_args.kafka_opts = args.kafka_opts.clone();
+    if embedded.is_some() {
+        // The mock broker answers a fetch only when fetch.wait.max.ms runs out
+        // (it does not wake a waiting fetch when data arrives): keep it short.
+        ingest_args.consumer_opts.push(("fetch.wait.max.ms".into(), "20".into()));
+    }
     ingest_args.source_id = source_id;
     let tokens_str = tokens_path.to_str().context("the tokens path is not UTF-8")?;
     let mut query_args = parse_args::<estate_query::QueryArgs>(&["--store", &store, "--auth-file", tokens_str])?;

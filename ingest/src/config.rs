@@ -98,6 +98,11 @@ pub struct IngestArgs {
     #[arg(long = "kafka-opt", env = "ESTATE_KAFKA_OPTS", value_parser = parse_kv, value_delimiter = ';', hide_env_values = true)]
     pub kafka_opts: Vec<(String, String)>,
 
+    /// librdkafka setting for the consumer only, applied after `--kafka-opt`,
+    /// e.g. `fetch.wait.max.ms=20` (repeatable).
+    #[arg(long = "consumer-opt", env = "ESTATE_CONSUMER_OPTS", value_parser = parse_kv, value_delimiter = ';')]
+    pub consumer_opts: Vec<(String, String)>,
+
     /// Object store setting passed through, e.g. `aws_endpoint=http://127.0.0.1:9000` (repeatable).
     #[arg(long = "store-opt", env = "ESTATE_STORE_OPTS", value_parser = parse_kv, value_delimiter = ';', hide_env_values = true)]
     pub store_opts: Vec<(String, String)>,

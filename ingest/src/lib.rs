@@ -137,11 +137,12 @@ pub async fn start(args: IngestArgs) -> Result<Running> {
     let pipeline = Arc::new(Mutex::new(Pipeline::open(cfg, &store, producer, metrics.clone()).await?));
     tracing::info!(store = %store.url(), brokers = %args.brokers, group = %args.group, topic = %args.topic, "ingest starting");
 
+    let consumer_opts: Vec<(String, String)> = args.kafka_opts.iter().chain(&args.consumer_opts).cloned().collect();
     let consumer = consumer::subscribe(
         &args.brokers,
         &args.group,
         &args.topic,
-        &args.kafka_opts,
+        &consumer_opts,
         pipeline.clone(),
         metrics.clone(),
     )?;

@@ -16,6 +16,16 @@ use crate::query::{ACME, BETA, NOC, QueryServer, commit, commit_at, commit_multi
 
 const DAY_MS: i64 = 86_400_000;
 
+/// A child process that a failing test does not leave behind.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Runs `estate compact` once (no --interval) and returns its JSON report.
 fn compact_once(store: &Path, extra: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_estate"))
@@ -80,13 +90,15 @@ fn compaction_beside_live_ingest_and_queries() {
     let logs = tempfile::tempdir().unwrap();
     let mut ingest = Ingest::start(&brokers, &store, "g-lifecycle", &["--deduped-topic", ""], logs.path(), 0);
     let compactor_log = logs.path().join("compact.log");
-    let mut compactor = Command::new(env!("CARGO_BIN_EXE_estate"))
-        .args(["compact", "--store", store.to_str().unwrap(), "--min-files", "2", "--interval", "300ms"])
-        .env("ESTATE_LOG", "info,deltalake_core=warn,buoyant_kernel=warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&compactor_log).unwrap())
-        .spawn()
-        .expect("spawning estate compact");
+    let mut compactor = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_estate"))
+            .args(["compact", "--store", store.to_str().unwrap(), "--min-files", "2", "--interval", "300ms"])
+            .env("ESTATE_LOG", "info,deltalake_core=warn,buoyant_kernel=warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&compactor_log).unwrap())
+            .spawn()
+            .expect("spawning estate compact"),
+    );
 
     // Five clients: two per tenant token and one operator.
     let stop = Arc::new(AtomicBool::new(false));
@@ -150,8 +162,9 @@ fn compaction_beside_live_ingest_and_queries() {
         assert!(answers >= 5, "a client got only {answers} answers");
     }
     assert!(optimized_live > 0, "no compaction commit landed during live ingest:\n{}", std::fs::read_to_string(&compactor_log).unwrap_or_default());
-    let _ = Command::new("kill").args(["-TERM", &compactor.id().to_string()]).status();
-    let _ = compactor.wait();
+    let _ = Command::new("kill").args(["-TERM", &compactor.0.id().to_string()]).status();
+    let stopped = compactor.0.wait().unwrap();
+    assert!(stopped.success(), "estate compact exits cleanly on SIGTERM: {stopped}");
     assert!(ingest.terminate().success());
 
     // A final pass leaves one file per (tenant, date); the data is unchanged.
@@ -267,20 +280,22 @@ fn sigkill_mid_compaction_then_next_run_finishes() {
     let sum = |store: &Path| sql_i64(store, "SELECT sum(seq) FROM events");
     let (n0, s0) = (count(&store), sum(&store));
     assert_eq!(n0, 6 * 12 * 4 * 5);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_estate"))
-        .args(["compact", "--store", store.to_str().unwrap(), "--min-files", "2"])
-        .env("ESTATE_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_estate"))
+            .args(["compact", "--store", store.to_str().unwrap(), "--min-files", "2"])
+            .env("ESTATE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while log_ops(&store, "events", "OPTIMIZE") == 0 {
         assert!(std::time::Instant::now() < deadline, "no compaction commit within 60 s");
         std::thread::sleep(Duration::from_millis(5));
     }
-    child.kill().unwrap();
-    let _ = child.wait();
+    child.0.kill().unwrap();
+    let _ = child.0.wait();
     let done = log_ops(&store, "events", "OPTIMIZE");
     let files = files_per_partition(&store, "events");
     assert!(done < 24, "the kill came after all {done} partitions were compacted; nothing was interrupted");
