@@ -34,7 +34,7 @@ pub use chart::render as render_chart;
 pub use report::{Counters, MarkerRecord, Report, Sample, Settings, StepReport, render_table};
 
 use crate::error::{Error, Result};
-use crate::loadgen::{LoadgenArgs, producer, send, simulator};
+use crate::loadgen::{LoadgenArgs, producer, send, send_due, simulator};
 use judge::{Failure, Rule, judge};
 use probe::{Marker, MarkerSource, Probes, lock};
 use report::{Span, observe, step_report};
@@ -341,18 +341,7 @@ fn drive(
             }
             let now_ms = chrono::Utc::now().timestamp_millis();
             let due = (rate * elapsed.as_secs_f64()) as u64;
-            out.clear();
-            while sent + (out.len() as u64) < due && out.len() < 10_000 {
-                estate.step(now_ms, &mut out);
-            }
-            if Instant::now() >= next_hb {
-                estate.heartbeats(now_ms, &mut out);
-                next_hb += args.heartbeat_interval;
-            }
-            for m in &out {
-                send(producer, m)?;
-            }
-            sent += out.len() as u64;
+            sent += send_due(estate, producer, &mut out, now_ms, sent, due, (&mut next_hb, args.heartbeat_interval))?;
             probes.sent.fetch_add(out.len() as u64, Ordering::Relaxed);
             while Instant::now() >= next_marker {
                 let sent_s = probes.now_s();

@@ -13,7 +13,7 @@ use rdkafka::producer::Producer as _;
 
 use crate::error::{Error, Result};
 use crate::estate::{Estate, EstateConfig, Msg};
-use crate::loadgen::{producer, send};
+use crate::loadgen::{producer, send, send_due};
 use crate::mix::{DEFAULT_MIX, Mix};
 
 /// Shape and pace of the demo estate.
@@ -88,20 +88,12 @@ pub fn run(cfg: &DemoConfig, stop: &AtomicBool, stats: &Arc<DemoStats>) -> Resul
     while !stop.load(Ordering::Relaxed) {
         let now_ms = chrono::Utc::now().timestamp_millis();
         let due = (cfg.rate * start.elapsed().as_secs_f64()) as u64;
-        out.clear();
-        while sent + (out.len() as u64) < due && out.len() < 10_000 {
-            estate.step(now_ms, &mut out);
-        }
-        if Instant::now() >= next_hb {
-            estate.heartbeats(now_ms, &mut out);
-            next_hb += cfg.heartbeat_interval;
+        let hb_before = next_hb;
+        sent += send_due(&mut estate, &producer, &mut out, now_ms, sent, due, (&mut next_hb, cfg.heartbeat_interval))?;
+        if next_hb != hb_before {
             // The ground truth is of no use here; keep memory flat.
             estate.forget_distinct();
         }
-        for m in &out {
-            send(&producer, m)?;
-        }
-        sent += out.len() as u64;
         stats.sent.store(sent, Ordering::Relaxed);
         producer.poll(Duration::ZERO);
         if out.is_empty() {

@@ -183,18 +183,7 @@ pub fn run(args: &LoadgenArgs) -> Result<Truth> {
             break;
         }
         let due = (args.rate * elapsed.as_secs_f64()) as u64;
-        out.clear();
-        while sent + (out.len() as u64) < due && out.len() < 10_000 {
-            estate.step(now_ms, &mut out);
-        }
-        if Instant::now() >= next_hb {
-            estate.heartbeats(now_ms, &mut out);
-            next_hb += args.heartbeat_interval;
-        }
-        for m in &out {
-            send(&producer, m)?;
-        }
-        sent += out.len() as u64;
+        sent += send_due(&mut estate, &producer, &mut out, now_ms, sent, due, (&mut next_hb, args.heartbeat_interval))?;
         pb.set_position(sent.min(target));
         producer.poll(Duration::ZERO);
         if out.is_empty() {
@@ -217,6 +206,34 @@ pub fn run(args: &LoadgenArgs) -> Result<Truth> {
     truth.write(truth_path)?;
     tracing::info!(messages = truth.sent.messages, events = truth.sent.events, seconds = start.elapsed().as_secs_f64(), truth = %truth_path.display(), "loadgen done");
     Ok(truth)
+}
+
+/// Generates what is due (`due` messages in all, `sent` of them already
+/// sent, at most 10,000 at once) plus every poller's heartbeat when
+/// `heartbeat.0` has come, and sends them. Returns how many were sent; the
+/// messages stay in `out` for the caller.
+pub(crate) fn send_due(
+    estate: &mut Estate,
+    producer: &BaseProducer<Ctx>,
+    out: &mut Vec<Msg>,
+    now_ms: i64,
+    sent: u64,
+    due: u64,
+    heartbeat: (&mut Instant, Duration),
+) -> Result<u64> {
+    out.clear();
+    while sent + (out.len() as u64) < due && out.len() < 10_000 {
+        estate.step(now_ms, out);
+    }
+    let (next_hb, every) = heartbeat;
+    if Instant::now() >= *next_hb {
+        estate.heartbeats(now_ms, out);
+        *next_hb += every;
+    }
+    for m in out.iter() {
+        send(producer, m)?;
+    }
+    Ok(out.len() as u64)
 }
 
 /// The simulator's producer: idempotent, acks=all, lz4; delivery failures
