@@ -28,6 +28,8 @@
 mod agent;
 mod config;
 mod error;
+#[cfg(test)]
+mod fuzz;
 mod input;
 mod metrics;
 pub mod nmis;

@@ -181,6 +181,9 @@ fn put_record(buf: &mut Vec<u8>, seq: i64, epoch: i64, append_ms: i64, input: In
     buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// Payload bytes reserved before a record's CRC is checked.
+const RESERVE_BYTES: usize = 1 << 20;
+
 /// Reads the record at the reader's position; `Ok(None)` at a clean end.
 fn read_record(r: &mut impl Read, scratch: &mut Vec<u8>) -> std::io::Result<Option<(Header, Vec<u8>)>> {
     let mut h = [0u8; HEADER_BYTES];
@@ -193,9 +196,14 @@ fn read_record(r: &mut impl Read, scratch: &mut Vec<u8>) -> std::io::Result<Opti
         got += n;
     }
     let hdr = parse_header(&h);
+    // The length field is not trusted before the CRC: reserve at most
+    // RESERVE_BYTES and let the buffer grow with the bytes actually read, so
+    // a corrupt length (up to 4 GiB) costs no more memory than the data.
     scratch.clear();
-    scratch.resize(hdr.len, 0);
-    r.read_exact(scratch)?;
+    scratch.reserve(hdr.len.min(RESERVE_BYTES));
+    if r.by_ref().take(hdr.len as u64).read_to_end(scratch)? < hdr.len {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
     let mut c = crc32fast::Hasher::new();
     c.update(&h[8..]);
     c.update(scratch);
@@ -312,7 +320,15 @@ impl Spool {
         let new = saved.is_none();
         let (epoch, mut next_seq, mut input) = match &saved {
             Some(s) => (s.epoch, s.next_seq, s.input),
-            None => (new_epoch(max_epoch + 1), 1, InputPos::default()),
+            None => {
+                // A new epoch must exceed every epoch on disk; a CRC-valid
+                // record with the largest epoch cannot be from an agent.
+                let above = max_epoch.checked_add(1).ok_or_else(|| Error::Spool {
+                    path: dir.clone(),
+                    detail: format!("a record carries epoch {max_epoch}, so no newer epoch exists; move the spool aside"),
+                })?;
+                (new_epoch(above), 1, InputPos::default())
+            }
         };
         if let Some(h) = &last_hdr
             && h.epoch == epoch
@@ -714,3 +730,7 @@ impl SpoolReader<'_> {
 #[cfg(test)]
 #[path = "spool_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "spool_fuzz.rs"]
+mod fuzz;

@@ -124,6 +124,20 @@ fn looks_like_path(name: &ObjectName) -> bool {
 impl Visitor for RelationCheck {
     type Break = ();
 
+    /// Statements nest: a query body may be an INSERT, UPDATE, DELETE or
+    /// MERGE (`WITH x AS (…) INSERT …`, `… IN (DELETE …)`), so the kind
+    /// check of [`check_sql_statement`] holds at every level.
+    fn pre_visit_statement(&mut self, s: &Statement) -> ControlFlow<()> {
+        match s {
+            Statement::Query(_)
+            | Statement::ShowTables { .. }
+            | Statement::ShowColumns { .. }
+            | Statement::ExplainTable { .. }
+            | Statement::Explain { .. } => ControlFlow::Continue(()),
+            other => self.fail(Error::Forbidden(format!("{} is not allowed: the service is read-only", keyword(other)))),
+        }
+    }
+
     fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
         match factor {
             TableFactor::Table { name, args: Some(_), .. } => {
@@ -203,6 +217,13 @@ mod tests {
         assert!(refused("SELECT * FROM events WHERE node IN (SELECT * FROM read_csv('/etc/passwd'))").contains("read_csv"));
         assert!(refused("EXPLAIN COPY events TO '/tmp/x'").contains("COPY"));
         assert!(refused("SELECT 1; DROP TABLE events").contains("one statement"));
+        // Found by fuzz_guard: DML nested in a query body.
+        assert!(refused("SELECT * FROM events WHERE node IN (DELETE FROM M read_csv('/etc/passwd'))").contains("DELETE"));
+        assert!(refused("WITH x AS (SELECT 1) INSERT INTO events SELECT * FROM x").contains("INSERT"));
         assert!(matches!(check("SELEC 1"), Err(Error::BadSql(_))));
     }
 }
+
+#[cfg(test)]
+#[path = "guard_fuzz.rs"]
+mod fuzz;

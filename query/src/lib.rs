@@ -20,6 +20,8 @@ mod config;
 pub mod engine;
 pub mod error;
 pub mod flight;
+#[cfg(test)]
+mod fuzz;
 pub mod guard;
 pub mod http;
 mod metrics;
