@@ -6,7 +6,7 @@
 # Targets (see docs/reliability.md, "Fuzzing"):
 # - nmis_line, spool_records, spool_open (estate-poller unit tests) and
 #   guard, guard_variants (estate-query unit tests): the stable-toolchain
-#   mutation fuzzer of poller/src/fuzz.rs, run for SECONDS each through
+#   mutation fuzzer of schemas/src/fuzz.rs (feature `fuzzing`), run for SECONDS each through
 #   ESTATE_FUZZ_SECONDS (ESTATE_FUZZ_SEED=<u64> replays a seed). Debug
 #   builds: the same ones `cargo test` uses, so nothing extra is compiled.
 # - decode (schemas/fuzz, cargo-fuzz/libFuzzer): built on stable it has no

@@ -29,7 +29,7 @@ mod agent;
 mod config;
 mod error;
 #[cfg(test)]
-mod fuzz;
+mod nmis_fuzz;
 mod input;
 mod metrics;
 pub mod nmis;

@@ -1,4 +1,4 @@
-//! Fuzz targets for the spool record reader (harness: `crate::fuzz`).
+//! Fuzz targets for the spool record reader (harness: `estate_schemas::fuzz`).
 //!
 //! Segments of valid records are written, then corrupted at or after a
 //! record boundary (truncation, bit flips, garbage, inserted bytes, huge
@@ -10,7 +10,7 @@
 use std::io::Cursor;
 
 use super::*;
-use crate::fuzz::{Rng, run, show};
+use estate_schemas::fuzz::{Rng, run, show};
 
 /// A record as written, for comparison with what is read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,7 +28,7 @@ fn any_i64(rng: &mut Rng) -> i64 {
         1 => i64::MIN,
         2 => 0,
         3 => -1,
-        _ => (rng.next() % 1_000_000) as i64,
+        _ => (rng.next_u64() % 1_000_000) as i64,
     }
 }
 
@@ -42,8 +42,8 @@ fn random_record(rng: &mut Rng) -> Rec {
         seq: any_i64(rng),
         epoch: any_i64(rng),
         append_ms: any_i64(rng),
-        input: InputPos { ino: rng.next(), offset: rng.next() % 1_000_000, line: rng.next() % 1_000 },
-        payload: (0..n).map(|_| rng.next() as u8).collect(),
+        input: InputPos { ino: rng.next_u64(), offset: rng.next_u64() % 1_000_000, line: rng.next_u64() % 1_000 },
+        payload: (0..n).map(|_| rng.next_u64() as u8).collect(),
     }
 }
 
@@ -79,7 +79,7 @@ fn corrupt(rng: &mut Rng, buf: &mut Vec<u8>, from: usize) {
         }
         3 => {
             let i = at(rng);
-            let junk: Vec<u8> = (0..1 + rng.below(100)).map(|_| rng.next() as u8).collect();
+            let junk: Vec<u8> = (0..1 + rng.below(100)).map(|_| rng.next_u64() as u8).collect();
             buf.splice(i..i, junk);
         }
         4 => {
@@ -90,9 +90,9 @@ fn corrupt(rng: &mut Rng, buf: &mut Vec<u8>, from: usize) {
         }
         5 if tail > 0 => {
             let i = from + rng.below(tail);
-            buf[i] = rng.next() as u8;
+            buf[i] = rng.next_u64() as u8;
         }
-        _ => buf.extend((0..rng.below(64)).map(|_| rng.next() as u8)),
+        _ => buf.extend((0..rng.below(64)).map(|_| rng.next_u64() as u8)),
     }
 }
 
@@ -158,7 +158,7 @@ fn records_target(rng: &mut Rng) {
 #[test]
 fn fuzz_spool_records() {
     // The generator is the target here: it knows which records must survive.
-    run("spool_records", 10_000, |rng| rng.next().to_le_bytes().to_vec(), |seed| records_target(&mut Rng::new(u64::from_le_bytes(seed.try_into().expect("8 bytes")))));
+    run("spool_records", 10_000, |rng| rng.next_u64().to_le_bytes().to_vec(), |seed| records_target(&mut Rng::new(u64::from_le_bytes(seed.try_into().expect("8 bytes")))));
 }
 
 /// Whole spools on disk: one to three segments, one of them corrupted after
@@ -231,7 +231,7 @@ fn open_target(rng: &mut Rng) {
 
 #[test]
 fn fuzz_spool_open() {
-    run("spool_open", 150, |rng| rng.next().to_le_bytes().to_vec(), |seed| open_target(&mut Rng::new(u64::from_le_bytes(seed.try_into().expect("8 bytes")))));
+    run("spool_open", 150, |rng| rng.next_u64().to_le_bytes().to_vec(), |seed| open_target(&mut Rng::new(u64::from_le_bytes(seed.try_into().expect("8 bytes")))));
 }
 
 /// Found by `fuzz_spool_records` (seed `b"\xa7Ig$\xd3\xf4\xb3\x1c"`): 63

@@ -1,4 +1,4 @@
-//! Fuzz targets for the statement guard (harness: `crate::fuzz`).
+//! Fuzz targets for the statement guard (harness: `estate_schemas::fuzz`).
 //!
 //! - `fuzz_guard`: mutations of allowed and forbidden statements and random
 //!   token soup. [`check`] never panics, and whatever it accepts is one
@@ -15,7 +15,7 @@ use deltalake::datafusion::sql::parser::DFParser;
 use deltalake::datafusion::sql::sqlparser::ast::{Statement, Visit, Visitor};
 
 use super::*;
-use crate::fuzz::{Mutator, Rng, run};
+use estate_schemas::fuzz::{Mutator, Rng, run};
 
 const ALLOWED: &[&str] = &[
     "SELECT 1",

@@ -20,8 +20,6 @@ mod config;
 pub mod engine;
 pub mod error;
 pub mod flight;
-#[cfg(test)]
-mod fuzz;
 pub mod guard;
 pub mod http;
 mod metrics;

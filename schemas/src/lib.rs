@@ -20,6 +20,8 @@
 
 mod batch;
 mod decode;
+#[cfg(feature = "fuzzing")]
+pub mod fuzz;
 mod level;
 mod reason;
 mod stateful;

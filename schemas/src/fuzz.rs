@@ -10,9 +10,10 @@
 //! `scripts/fuzz.sh` does that for every target. A target runs on its own
 //! thread under a watchdog: a panic or an input that does not return within
 //! [`STALL`] fails the test and prints the input, to paste into a regression
-//! test. The NMIS line target is here; the spool targets are in
-//! `spool_fuzz.rs`. The query crate carries a copy of this harness
-//! (`query/src/fuzz.rs`): the crates share no test-only code.
+//! test. The targets live next to the code they test (the poller's NMIS
+//! line parser and spool reader, the query service's statement guard); this
+//! harness is shared through the `fuzzing` feature, which only their
+//! dev-dependencies turn on.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,14 +24,14 @@ const STALL: Duration = Duration::from_secs(20);
 
 /// xorshift64*: small, fast, reproducible from its seed.
 #[derive(Debug, Clone)]
-pub(crate) struct Rng(u64);
+pub struct Rng(u64);
 
 impl Rng {
-    pub(crate) fn new(seed: u64) -> Rng {
+    pub fn new(seed: u64) -> Rng {
         Rng(seed.max(1))
     }
 
-    pub(crate) fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -40,16 +41,16 @@ impl Rng {
     }
 
     /// Uniform in `0..n` (`n > 0`).
-    pub(crate) fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
     }
 
     /// True one time in `n`.
-    pub(crate) fn one_in(&mut self, n: usize) -> bool {
+    pub fn one_in(&mut self, n: usize) -> bool {
         self.below(n) == 0
     }
 
-    pub(crate) fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
+    pub fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
         &xs[self.below(xs.len())]
     }
 }
@@ -62,18 +63,18 @@ const INTERESTING_U32: [u32; 8] = [0, 1, 55, 56, 0x7fff_ffff, 0x8000_0000, 0xfff
 
 /// Mutates `seed` copies with 1 to 8 stacked mutations.
 #[derive(Debug)]
-pub(crate) struct Mutator<'a> {
-    pub(crate) seeds: &'a [&'a [u8]],
-    pub(crate) dict: &'a [&'a [u8]],
+pub struct Mutator<'a> {
+    pub seeds: &'a [&'a [u8]],
+    pub dict: &'a [&'a [u8]],
 }
 
 impl Mutator<'_> {
-    pub(crate) fn input(&self, rng: &mut Rng) -> Vec<u8> {
+    pub fn input(&self, rng: &mut Rng) -> Vec<u8> {
         if rng.one_in(20) {
             // Pure noise, or a random sentence of dictionary tokens.
             let n = rng.below(64);
             if rng.one_in(2) {
-                return (0..n).map(|_| rng.next() as u8).collect();
+                return (0..n).map(|_| rng.next_u64() as u8).collect();
             }
             return (0..n / 4).flat_map(|_| rng.pick(self.dict).to_vec()).collect();
         }
@@ -84,7 +85,7 @@ impl Mutator<'_> {
         data
     }
 
-    pub(crate) fn mutate(&self, rng: &mut Rng, d: &mut Vec<u8>) {
+    pub fn mutate(&self, rng: &mut Rng, d: &mut Vec<u8>) {
         let at = |rng: &mut Rng, d: &Vec<u8>| rng.below(d.len() + 1);
         match rng.below(11) {
             0 if !d.is_empty() => {
@@ -93,7 +94,7 @@ impl Mutator<'_> {
             }
             1 if !d.is_empty() => {
                 let i = rng.below(d.len());
-                d[i] = rng.next() as u8;
+                d[i] = rng.next_u64() as u8;
             }
             2 if !d.is_empty() => {
                 let i = rng.below(d.len());
@@ -102,7 +103,7 @@ impl Mutator<'_> {
             3 => {
                 let i = at(rng, d);
                 let n = 1 + rng.below(8);
-                let bytes: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+                let bytes: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
                 d.splice(i..i, bytes);
             }
             4 if !d.is_empty() => {
@@ -152,7 +153,7 @@ impl Mutator<'_> {
 /// Runs `target` on inputs made by `generate` for `quick` executions, or for
 /// `ESTATE_FUZZ_SECONDS` when set, under the watchdog. Prints and returns the
 /// number of executions.
-pub(crate) fn run(
+pub fn run(
     name: &str,
     quick: u64,
     mut generate: impl FnMut(&mut Rng) -> Vec<u8> + Send + 'static,
@@ -217,100 +218,6 @@ pub(crate) fn run(
 }
 
 /// An input as a Rust byte-string literal, ready for a regression test.
-pub(crate) fn show(input: &[u8]) -> String {
+pub fn show(input: &[u8]) -> String {
     format!("b\"{}\" ({} bytes)", input.escape_ascii(), input.len())
-}
-
-mod nmis_line {
-    use std::sync::atomic::{AtomicU64, Ordering};
-
-    use estate_schemas::{DecodeContext, Reason, decode};
-
-    use super::{Mutator, run};
-    use crate::input::{Item, parse_nmis};
-    use crate::nmis::parse_line;
-    use crate::state::InputPos;
-    use crate::tail::Line;
-    use crate::wire::Stamp;
-
-    /// Inputs that parsed, so the deeper checks are known to run.
-    static PARSED: AtomicU64 = AtomicU64::new(0);
-
-    const SEEDS: &[&[u8]] = &[
-        b"1700000000,core-rtr-01,Interface Down,Major,GigabitEthernet0/1,Uplink to dist-sw-02",
-        b"1700000300,branch-sw-14,Node Down,Major,,Ping failed: fping reported 100% ping loss",
-        b"1700000047,core-rtr-01,Interface Up,Normal,GigabitEthernet0/1,Uplink Time=00:00:47\r",
-        b"1700000047,n,Node Reset,warning,,a,b",
-        b"1700000100,r1,Service Degraded,Normal,http,ok Time=00:01:00",
-        b"1700000100,r1,email to netops Esc1 Node Down,Critical,,x",
-        b"1700000100,r1,Node Down,Normal,,acknowledge=1 (alice)",
-        b"1700000100,r1,Proactive CPU Closed,Normal,,cpu 12 Time=00:10:00",
-        b"1700000100,r1,Deleted Event: Node Down,Fatal,,",
-        b"-9223372036854775,r1,Node Down,Minor,,",
-    ];
-
-    const DICT: &[&[u8]] = &[
-        b",", b",,", b" ", b"\t", b"\r", b"Node Down", b"Node Up", b"Interface Down", b" Closed", b"Alert: ",
-        b"Deleted Event: ", b" UP Notify", b" to ", b"Esc", b"Esc99999999999", b"Time=", b"acknowledge=", b"Normal",
-        b"Warning", b"Minor", b"Major", b"Critical", b"Fatal", b"9223372036854775807", b"-9223372036854775808",
-        b"9223372036854776", b"+", b"-", b"\xc3\xa9", b"\xe2\x80\xa8", b"\xf0\x9f\x92\xa5", b"\\", b"\"", b"\0", b"\x7f",
-    ];
-
-    /// Any bytes: parsed or classified, never a panic. A parsed line keeps
-    /// its invariants, reads back the same from its canonical form, and
-    /// encodes to a wire message the decoder accepts, or rejects only for
-    /// its time or for a name the parser lets through (see below).
-    fn check(data: &[u8]) {
-        let Ok(l) = parse_line(data) else { return };
-        PARSED.fetch_add(1, Ordering::Relaxed);
-        assert!(!l.node.is_empty() && !l.event.is_empty(), "empty node or event accepted");
-        assert_eq!(l.time_ms % 1000, 0);
-        for f in [l.node, l.event, l.element] {
-            assert_eq!(f, f.trim(), "untrimmed field");
-            assert!(!f.contains(','), "field holds the separator");
-        }
-        // (A details field ending in `\r` cannot round-trip: the line's
-        // last `\r` is taken as the CRLF ending.)
-        if !l.details.ends_with('\r') {
-            let canonical = format!("{},{},{},{},{},{}", l.time_ms / 1000, l.node, l.event, l.level.as_str(), l.element, l.details);
-            assert_eq!(parse_line(canonical.as_bytes()).as_ref(), Ok(&l), "canonical form {canonical:?}");
-        }
-
-        let lines = [Line { bytes: data.to_vec(), pos: InputPos::default() }];
-        let (mut items, mut bad) = (Vec::new(), Vec::new());
-        parse_nmis(&lines, "acme", &mut items, &mut bad);
-        assert!(bad.is_empty() && items.len() == 1);
-        let mut buf = Vec::new();
-        items[0].encode(&Stamp { tenant: "acme", poller: "p1", epoch: 1, seq: 1 }, &mut buf);
-        let ctx = DecodeContext { tenant: Some("acme"), max_bytes: 1 << 20, now_ms: 1_800_000_000_000, max_future_ms: i64::MAX / 4 };
-        // The parser passes node and event names the decoder refuses
-        // (control characters, over 1024 bytes): ingest sends those to the
-        // DLQ with `invalid_field:<name>`, so nothing is lost. Anything else
-        // a parsed line gets refused for is a bug.
-        let name_ok = |s: &str| s.len() <= 1024 && !s.chars().any(char::is_control);
-        match decode(&buf, &ctx) {
-            Ok(_) => assert!(name_ok(l.node) && name_ok(l.event)),
-            Err(r) if r.reason == Reason::TimeOutOfRange => {}
-            Err(r) if r.reason == Reason::InvalidField("node") && !name_ok(l.node) => {}
-            Err(r) if r.reason == Reason::InvalidField("event") && !name_ok(l.event) => {}
-            Err(r) => panic!("the decoder rejects a parsed line ({}): {}", r.reason, String::from_utf8_lossy(&buf)),
-        }
-        let Item::Nmis { event_id, .. } = &items[0] else { panic!("not an NMIS item") };
-        assert!(!event_id.is_empty());
-    }
-
-    #[test]
-    fn fuzz_nmis_line() {
-        let m = Mutator { seeds: SEEDS, dict: DICT };
-        let n = run("nmis_line", 200_000, move |rng| m.input(rng), check);
-        println!("fuzz nmis_line: {} of {n} inputs parsed as lines", PARSED.load(Ordering::Relaxed));
-    }
-
-    #[test]
-    fn seeds_parse() {
-        for s in SEEDS {
-            parse_line(s).unwrap_or_else(|e| panic!("{}: {e:?}", String::from_utf8_lossy(s)));
-            check(s);
-        }
-    }
 }
