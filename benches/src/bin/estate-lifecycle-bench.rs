@@ -61,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
     let load_before = cold_load(&store).await?;
     let q_before = standard_queries(&a, &store).await?;
 
-    let mut args = CompactArgs {
+    let args = CompactArgs {
         store: a.store.clone(),
         store_opts: Vec::new(),
         target_size: 128 << 20,
@@ -72,7 +72,6 @@ async fn main() -> anyhow::Result<()> {
         checkpoint_every: 100,
         interval: None,
     };
-    args.min_files = 2;
     let compactor = Compactor::new(args)?;
     let t = Instant::now();
     let report = compactor.pass().await?;
