@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::mocking::MockCluster;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
 use serde_json::Value;
 
 use crate::harness::*;
@@ -46,17 +46,7 @@ fn watermarks(brokers: &str, topic: &str, partitions: i32) -> Vec<i64> {
 /// Every message of a topic: (partition, payload, `estate-replayed-from` header).
 fn read_all(brokers: &str, topic: &str, partitions: i32) -> Vec<(i32, Vec<u8>, Option<String>)> {
     let highs = watermarks(brokers, topic, partitions);
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "dlq-test-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
-    }
-    c.assign(&tpl).unwrap();
+    let c = reader_from_start(brokers, topic, partitions);
     let want: i64 = highs.iter().sum();
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);

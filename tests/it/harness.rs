@@ -203,6 +203,24 @@ pub async fn flight_fetch(
     out
 }
 
+/// A consumer assigned every partition of `topic` from the beginning, with
+/// a group of its own that commits nothing.
+pub fn reader_from_start(brokers: &str, topic: &str, partitions: i32) -> rdkafka::consumer::BaseConsumer {
+    use rdkafka::consumer::Consumer as _;
+    let c: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("test-reader-{}", rand::random::<u32>()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("test reader");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning).unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    c
+}
+
 /// Sums a Prometheus metric over all its label sets.
 pub fn metric_sum(text: &str, name: &str) -> f64 {
     text.lines()

@@ -9,10 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::harness::*;
 
@@ -139,17 +137,7 @@ fn read_topic_named(
     pollers: &[&Poller],
     done: impl Fn(&[Landed]) -> bool,
 ) -> Vec<Landed> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("poller-check-{}", rand::random::<u32>()))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
-    }
-    c.assign(&tpl).unwrap();
+    let c = reader_from_start(brokers, topic, partitions);
     let mut got = Vec::new();
     let deadline = Instant::now() + timeout;
     loop {
