@@ -154,6 +154,7 @@ pub(crate) async fn run(args: StandaloneArgs, shutdown: impl std::future::Future
         ingest_args.consumer_opts.push(("fetch.wait.max.ms".into(), "20".into()));
     }
     ingest_args.source_id = source_id;
+    ingest_args.compact_interval = Some(args.compact_interval);
     let tokens_str = tokens_path.to_str().context("the tokens path is not UTF-8")?;
     let mut query_args = parse_args::<estate_query::QueryArgs>(&["--store", &store, "--auth-file", tokens_str])?;
     query_args.http_addr = args.http_addr;
@@ -167,26 +168,6 @@ pub(crate) async fn run(args: StandaloneArgs, shutdown: impl std::future::Future
             let _ = ingest.stop().await;
             return Err(anyhow::Error::new(e).context("starting the query service"));
         }
-    };
-
-    let (compact_stop, compact_rx) = tokio::sync::watch::channel(false);
-    let compactor = if args.compact_interval.is_zero() {
-        None
-    } else {
-        let mut c = parse_args::<estate_ingest::lifecycle::CompactArgs>(&["--store", &store])?;
-        c.interval = Some(args.compact_interval);
-        let compactor = estate_ingest::lifecycle::Compactor::new(c).context("starting the compactor")?;
-        let mut rx = compact_rx;
-        Some(tokio::spawn(async move {
-            // The first pass waits one interval: nothing is fragmented at start.
-            tokio::select! {
-                _ = rx.wait_for(|s| *s) => return,
-                () = tokio::time::sleep(args.compact_interval) => {}
-            }
-            if let Err(e) = compactor.run(async move { let _ = rx.wait_for(|s| *s).await; }).await {
-                tracing::error!(error = %e, "compactor stopped");
-            }
-        }))
     };
 
     let stop_demo = Arc::new(AtomicBool::new(false));
@@ -234,13 +215,6 @@ pub(crate) async fn run(args: StandaloneArgs, shutdown: impl std::future::Future
             Ok(Ok(Ok(sent))) => tracing::info!(sent, "demo stopped"),
             Ok(Ok(Err(e))) => tracing::error!(error = %e, "demo failed"),
             _ => tracing::error!("demo thread panicked"),
-        }
-    }
-    let _ = compact_stop.send(true);
-    if let Some(mut c) = compactor {
-        // A pass cut short is safe (one partition per commit); don't wait long.
-        if tokio::time::timeout(Duration::from_secs(2), &mut c).await.is_err() {
-            c.abort();
         }
     }
     if embedded.is_some() {

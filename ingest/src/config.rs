@@ -114,6 +114,13 @@ pub struct IngestArgs {
     #[arg(long, env = "ESTATE_SOURCE_ID", default_value = "")]
     pub source_id: String,
 
+    /// Also maintain the tables from this process: a compaction, retention
+    /// and vacuum pass this often (the settings of `estate compact`, from its
+    /// `ESTATE_*` variables or defaults). Run it in one ingest instance, or
+    /// run `estate compact` beside them instead.
+    #[arg(long, env = "ESTATE_INGEST_COMPACT_INTERVAL", value_parser = parse_duration)]
+    pub compact_interval: Option<Duration>,
+
     /// TESTING ONLY: wrap the store in a fault injector, e.g. `fail=0.1,delay=50ms,delay_share=0.3`.
     #[arg(long, env = "ESTATE_TEST_INJECT_STORE_FAULTS")]
     pub test_inject_store_faults: Option<FaultSpec>,

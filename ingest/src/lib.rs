@@ -74,6 +74,7 @@ pub struct Running {
     pipeline: Arc<Mutex<Pipeline>>,
     stop: Arc<AtomicBool>,
     worker: std::thread::JoinHandle<()>,
+    compactor: Option<(tokio::task::JoinHandle<()>, tokio::sync::watch::Sender<bool>)>,
 }
 
 impl Running {
@@ -95,6 +96,13 @@ impl Running {
     /// Flushes, commits, leaves the consumer group and waits for the consumer
     /// thread to end.
     pub async fn stop(self) -> Result<()> {
+        if let Some((mut task, stop)) = self.compactor {
+            let _ = stop.send(true);
+            // A pass cut short is safe (one partition per commit); don't wait long.
+            if tokio::time::timeout(std::time::Duration::from_secs(2), &mut task).await.is_err() {
+                task.abort();
+            }
+        }
         self.stop.store(true, Ordering::Relaxed);
         self.metrics.set_ready(false);
         let worker = self.worker;
@@ -154,5 +162,35 @@ pub async fn start(args: IngestArgs) -> Result<Running> {
         .name("estate-ingest-consumer".into())
         .spawn(move || consumer::run_loop(consumer, pipeline2, stop2))
         .map_err(|source| Error::Io { what: "spawning consumer thread".into(), source })?;
-    Ok(Running { metrics_addr, metrics, pipeline, stop, worker })
+    let compactor = match args.compact_interval {
+        Some(every) if !every.is_zero() => Some(spawn_compactor(&args, every)?),
+        _ => None,
+    };
+    Ok(Running { metrics_addr, metrics, pipeline, stop, worker, compactor })
+}
+
+/// Runs `estate compact` passes every `every` on this process's runtime.
+fn spawn_compactor(
+    args: &IngestArgs,
+    every: std::time::Duration,
+) -> Result<(tokio::task::JoinHandle<()>, tokio::sync::watch::Sender<bool>)> {
+    #[derive(clap::Parser)]
+    struct Defaults {
+        #[command(flatten)]
+        compact: lifecycle::CompactArgs,
+    }
+    let mut c = <Defaults as clap::Parser>::try_parse_from(["estate", "--store", args.store.as_str()])
+        .map_err(|e| Error::Config(format!("compaction settings: {e}")))?
+        .compact;
+    c.store_opts = args.store_opts.clone();
+    c.interval = Some(every);
+    let compactor = lifecycle::Compactor::new(c)?;
+    let (tx, mut rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move {
+        if let Err(e) = compactor.run(async move { let _ = rx.wait_for(|s| *s).await; }).await {
+            tracing::error!(error = %e, "compactor stopped");
+        }
+    });
+    tracing::info!(every = ?every, "compacting the tables from this process");
+    Ok((task, tx))
 }
