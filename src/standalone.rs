@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use clap::Parser;
 use estate_loadgen::demo::{self, DemoConfig, DemoStats};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
@@ -144,7 +143,8 @@ pub(crate) async fn run(args: StandaloneArgs, shutdown: impl std::future::Future
         }
     };
 
-    let mut ingest_args = parse_args::<estate_ingest::IngestArgs>(&["--brokers", &brokers, "--store", &store])?;
+    let mut ingest_args: estate_ingest::IngestArgs =
+        estate_ingest::args_from(&["--brokers", &brokers, "--store", &store]).context("ingest settings")?;
     ingest_args.metrics_addr = args.metrics_addr;
     ingest_args.flush_interval = args.flush_interval;
     ingest_args.kafka_opts = args.kafka_opts.clone();
@@ -156,7 +156,8 @@ pub(crate) async fn run(args: StandaloneArgs, shutdown: impl std::future::Future
     ingest_args.source_id = source_id;
     ingest_args.compact_interval = Some(args.compact_interval);
     let tokens_str = tokens_path.to_str().context("the tokens path is not UTF-8")?;
-    let mut query_args = parse_args::<estate_query::QueryArgs>(&["--store", &store, "--auth-file", tokens_str])?;
+    let mut query_args: estate_query::QueryArgs =
+        estate_ingest::args_from(&["--store", &store, "--auth-file", tokens_str]).context("query settings")?;
     query_args.http_addr = args.http_addr;
     query_args.flight_addr = args.flight_addr;
     query_args.refresh_interval = args.refresh_interval;
@@ -226,17 +227,6 @@ pub(crate) async fn run(args: StandaloneArgs, shutdown: impl std::future::Future
     stopped.context("stopping ingest")?;
     println!("estate standalone stopped; data is in {}", data_dir.display());
     Ok(())
-}
-
-/// Parses a subcommand's options from `argv` with every other default.
-fn parse_args<A: clap::Args>(argv: &[&str]) -> anyhow::Result<A> {
-    #[derive(Parser)]
-    struct Wrap<A: clap::Args> {
-        #[command(flatten)]
-        inner: A,
-    }
-    let full = std::iter::once("estate").chain(argv.iter().copied());
-    Ok(Wrap::<A>::try_parse_from(full).context("building component settings")?.inner)
 }
 
 /// The embedded broker, alive while its thread waits.

@@ -15,6 +15,19 @@ pub fn parse_kv(s: &str) -> Result<(String, String), String> {
     Ok((k.trim().to_owned(), v.to_owned()))
 }
 
+/// A subcommand's options from `argv` (flags only), with every other
+/// option from its `ESTATE_*` variable or default: how one process builds
+/// another component's settings (standalone, the in-ingest compactor).
+pub fn args_from<A: clap::Args>(argv: &[&str]) -> Result<A, clap::Error> {
+    #[derive(clap::Parser)]
+    struct Wrap<A: clap::Args> {
+        #[command(flatten)]
+        inner: A,
+    }
+    let full = std::iter::once("estate").chain(argv.iter().copied());
+    <Wrap<A> as clap::Parser>::try_parse_from(full).map(|w| w.inner)
+}
+
 /// Parses a duration such as `1s`, `250ms`, `1h`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))

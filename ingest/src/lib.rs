@@ -40,7 +40,7 @@ mod table;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-pub use config::{IngestArgs, parse_bytes, parse_duration, parse_kv};
+pub use config::{IngestArgs, args_from, parse_bytes, parse_duration, parse_kv};
 pub use dedup::{DedupWindow, Verdict, key as dedup_key};
 pub use error::{Error, ErrorKind, Result};
 pub use faults::{FaultSpec, FaultyStore};
@@ -174,14 +174,8 @@ fn spawn_compactor(
     args: &IngestArgs,
     every: std::time::Duration,
 ) -> Result<(tokio::task::JoinHandle<()>, tokio::sync::watch::Sender<bool>)> {
-    #[derive(clap::Parser)]
-    struct Defaults {
-        #[command(flatten)]
-        compact: lifecycle::CompactArgs,
-    }
-    let mut c = <Defaults as clap::Parser>::try_parse_from(["estate", "--store", args.store.as_str()])
-        .map_err(|e| Error::Config(format!("compaction settings: {e}")))?
-        .compact;
+    let mut c: lifecycle::CompactArgs = args_from(&["--store", args.store.as_str()])
+        .map_err(|e| Error::Config(format!("compaction settings: {e}")))?;
     c.store_opts = args.store_opts.clone();
     c.interval = Some(every);
     let compactor = lifecycle::Compactor::new(c)?;

@@ -184,14 +184,7 @@ fn open_target(rng: &mut Rng) {
         files.push(bytes);
     }
     let input = files.concat();
-    let cfg = SpoolConfig {
-        dir: dir.path().to_owned(),
-        max_bytes: 1 << 30,
-        segment_bytes: 1 << 20,
-        fsync: FsyncPolicy::Never,
-        tenant: "acme".into(),
-        poller: "p1".into(),
-    };
+    let cfg = super::tests::cfg_with(dir.path(), 1 << 30, 1 << 20, FsyncPolicy::Never);
     let read_all = |s: &Spool| {
         let mut r = s.reader();
         let mut out = Vec::new();
@@ -261,14 +254,7 @@ fn regression_largest_epoch_on_disk_is_refused_not_overflowed() {
     let mut bytes = MAGIC.to_vec();
     put_record(&mut bytes, 1, i64::MAX, 0, InputPos::default(), |b| b.extend_from_slice(b"x"));
     std::fs::write(seg_path(dir.path(), 1), &bytes).unwrap();
-    let cfg = SpoolConfig {
-        dir: dir.path().to_owned(),
-        max_bytes: 1 << 30,
-        segment_bytes: 1 << 20,
-        fsync: FsyncPolicy::Never,
-        tenant: "acme".into(),
-        poller: "p1".into(),
-    };
+    let cfg = super::tests::cfg_with(dir.path(), 1 << 30, 1 << 20, FsyncPolicy::Never);
     let err = Spool::open(cfg).expect_err("refused");
     assert!(err.to_string().contains("no newer epoch"), "{err}");
 }

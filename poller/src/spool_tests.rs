@@ -3,14 +3,12 @@ use std::sync::Arc;
 use super::*;
 
 fn cfg(dir: &Path, max: u64, seg: u64) -> SpoolConfig {
-    SpoolConfig {
-        dir: dir.to_owned(),
-        max_bytes: max,
-        segment_bytes: seg,
-        fsync: FsyncPolicy::Always,
-        tenant: "acme".into(),
-        poller: "p1".into(),
-    }
+    cfg_with(dir, max, seg, FsyncPolicy::Always)
+}
+
+/// A test spool of tenant `acme`, poller `p1` (shared with the fuzz targets).
+pub(super) fn cfg_with(dir: &Path, max: u64, seg: u64, fsync: FsyncPolicy) -> SpoolConfig {
+    SpoolConfig { dir: dir.to_owned(), max_bytes: max, segment_bytes: seg, fsync, tenant: "acme".into(), poller: "p1".into() }
 }
 
 fn append_n(s: &Spool, from_line: u64, n: u64) -> usize {
