@@ -337,6 +337,8 @@ fn isolation_suite() {
         ("negated tenant filter", "SELECT * FROM events WHERE tenant <> 'acme'".into(), &[200]),
         ("OR true", "SELECT * FROM events WHERE tenant = 'beta' OR 1 = 1".into(), &[200]),
         ("distinct tenants", "SELECT DISTINCT tenant FROM events".into(), &[200]),
+        // DataFusion 55 failed this one (DISTINCT over a view under the row limit).
+        ("distinct tenants of a view", "SELECT DISTINCT tenant FROM active_events".into(), &[200]),
         ("information_schema tables", "SELECT * FROM information_schema.tables".into(), &[200]),
         ("information_schema columns", "SELECT * FROM information_schema.columns".into(), &[200]),
         ("information_schema views", "SELECT * FROM information_schema.views".into(), &[200]),
