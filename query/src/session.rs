@@ -68,12 +68,13 @@ impl SessionFactory {
             .with_target_partitions(self.threads)
             .with_default_catalog_and_schema(CATALOG, SCHEMA)
             .with_create_default_catalog_and_schema(true);
-        // DataFusion 55 fails `SELECT DISTINCT x … LIMIT n` (our row limit
-        // is always appended) with "Ordering direction required for DISTINCT
-        // with limit" when the limit is pushed into a grouped top-k
-        // aggregation; found by the scenario runner's isolation probes.
+        // DataFusion 55 fails `SELECT DISTINCT x FROM <view> … LIMIT n` (our
+        // row limit is always appended) with "Ordering direction required
+        // for DISTINCT with limit": the distinct soft-limit rule hands the
+        // aggregate to the top-k stream. Found by the scenario runner's
+        // isolation probes; the isolation suite has the regression case.
         let mut config = config;
-        config.options_mut().optimizer.enable_topk_aggregation = false;
+        config.options_mut().optimizer.enable_distinct_aggregation_soft_limit = false;
         let pool = TrackConsumersPool::new(FairSpillPool::new(self.memory), NonZeroUsize::new(3).expect("3 > 0"));
         let disk = match &self.spill_dir {
             Some(dir) => DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![dir.clone()])),
