@@ -55,6 +55,14 @@ enum Command {
     /// Print the command-line reference (docs/cli.md) as Markdown.
     #[command(hide = true)]
     CliReference,
+    /// TESTING: run only the embedded in-memory broker (librdkafka's mock
+    /// cluster) with estate's topics, print its address, wait for a signal.
+    #[command(hide = true)]
+    Broker(standalone::BrokerArgs),
+    /// TESTING: relay TCP connections from one address to another (the
+    /// scenario runner's bridge into a network namespace).
+    #[command(hide = true)]
+    TcpRelay(estate_loadgen::scenario::procs::RelayArgs),
     /// Consume events from Kafka and commit them, deduplicated and exactly
     /// once, to the Delta tables on the store.
     Ingest(estate_ingest::IngestArgs),
@@ -78,6 +86,10 @@ enum Command {
     /// (query service) and lag, event and DLQ rates (ingest metrics). Exits
     /// non-zero when a source is unavailable.
     Status(estate_loadgen::StatusArgs),
+    /// Run whole-pipeline fault scenarios (tansu, pollers, two ingest
+    /// instances, the query service) and verify exact accounting; needs
+    /// tansu, and root for the WAN-partition and spool-full scenarios.
+    Scenario(estate_loadgen::ScenarioArgs),
 }
 
 fn init_tracing(format: LogFormat, filter: &str) -> anyhow::Result<()> {
@@ -129,6 +141,11 @@ fn main() -> anyhow::Result<()> {
                 print!("{}", cli_doc::markdown());
                 Ok(())
             }
+            Command::Broker(args) => standalone::broker_only(args, shutdown_signal()).await,
+            Command::TcpRelay(args) => tokio::task::spawn_blocking(move || estate_loadgen::scenario::procs::relay_forever(&args))
+                .await
+                .context("relay thread")?
+                .context("tcp-relay"),
             Command::Ingest(args) => estate_ingest::run(args, shutdown_signal()).await.map_err(|e| {
                 let kind = e.kind();
                 anyhow::Error::new(e).context(format!("ingest failed ({kind:?} error)"))
@@ -160,6 +177,10 @@ fn main() -> anyhow::Result<()> {
                 .await
                 .context("status thread")?
                 .context("status"),
+            Command::Scenario(args) => tokio::task::spawn_blocking(move || estate_loadgen::run_scenario(&args))
+                .await
+                .context("scenario thread")?
+                .context("scenario"),
         }
     })
 }

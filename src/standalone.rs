@@ -229,6 +229,23 @@ pub(crate) async fn run(args: StandaloneArgs, shutdown: impl std::future::Future
     Ok(())
 }
 
+/// Options of the hidden `estate broker`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct BrokerArgs {
+    /// Partitions of the events and deduplicated-stream topics.
+    #[arg(long, default_value_t = 6)]
+    partitions: i32,
+}
+
+/// Runs the embedded broker alone until `shutdown`; prints its address.
+pub(crate) async fn broker_only(args: BrokerArgs, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    let e = Embedded::start(args.partitions)?;
+    println!("estate broker listening on {}", e.bootstrap);
+    shutdown.await;
+    drop(e);
+    Ok(())
+}
+
 /// The embedded broker, alive while its thread waits.
 struct Embedded {
     bootstrap: String,

@@ -163,7 +163,9 @@ fn query(args: &VerifyArgs, q: &str) -> Result<Vec<Value>> {
     sql(&args.query_url, &args.token, q, Duration::from_secs(120))
 }
 
-fn observe(args: &VerifyArgs, truth: &Truth) -> Result<Observed> {
+/// Asks the query service (and the DLQ topic) what the estate holds for
+/// the truth's tenants.
+pub fn observe(args: &VerifyArgs, truth: &Truth) -> Result<Observed> {
     let tenants = sql_list(truth.tenants.keys().cloned().chain([UNKNOWN_TENANT.to_owned()]));
     let mut obs = Observed::default();
     let rows = query(args, &format!(
@@ -259,14 +261,15 @@ fn exchange(url: &str, method: &str, headers: &str, body: &str, timeout: Duratio
     Ok((status, body.to_owned()))
 }
 
-/// Counts this run's DLQ records by reason, each distinct source coordinate once.
+/// Counts this run's DLQ records by reason, each distinct source coordinate
+/// once (every record when `marker` is empty).
 fn count_dlq(brokers: &str, topic: &str, marker: &str, opts: &[(String, String)]) -> Result<BTreeMap<String, u64>> {
     let src = DlqSource { brokers: brokers.to_owned(), dlq_topic: topic.to_owned(), kafka_opts: opts.to_vec(), timeout: Duration::from_secs(120) };
     let mut seen: HashSet<u128> = HashSet::new();
     let mut by_reason: BTreeMap<String, u64> = BTreeMap::new();
     let marker = marker.as_bytes();
     let report = dlq::scan(&src, &DlqFilter::default(), |r| {
-        if r.value.windows(marker.len()).any(|w| w == marker) && seen.insert(r.source_id()) {
+        if (marker.is_empty() || r.value.windows(marker.len()).any(|w| w == marker)) && seen.insert(r.source_id()) {
             *by_reason.entry(r.reason).or_default() += 1;
         }
         ControlFlow::Continue(())
