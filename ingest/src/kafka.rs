@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
@@ -36,11 +37,20 @@ pub(crate) fn producer(brokers: &str, opts: &[(String, String)]) -> Result<Futur
             ("compression.type", "lz4"),
             ("linger.ms", "5"),
             ("message.timeout.ms", "120000"),
+            // A record above this travels in a batch of its own, so one
+            // oversized DLQ record cannot fail its neighbours with it.
+            ("batch.size", "262144"),
         ],
     )
     .create()
     .map_err(Error::kafka("creating producer"))
 }
+
+/// Header on a record re-sent truncated: the original value's length.
+pub(crate) const HEADER_TRUNCATED: &str = "estate-truncated";
+
+/// What a record the broker refuses as too large is cut to.
+const TRUNCATED_BYTES: usize = 64 * 1024;
 
 /// One record to publish.
 #[derive(Debug, Clone)]
@@ -74,6 +84,10 @@ pub(crate) async fn publish_routed<'t>(
     rounds: u32,
 ) -> Result<()> {
     let mut todo: Vec<usize> = (0..records.len()).collect();
+    // Records the broker refused as too large are re-sent cut to
+    // TRUNCATED_BYTES, marked with `estate-truncated: <original length>`:
+    // a DLQ record that cannot be stored whole must not stop the partition.
+    let mut oversize: std::collections::HashSet<usize> = std::collections::HashSet::new();
     for round in 0..rounds {
         if todo.is_empty() {
             return Ok(());
@@ -86,11 +100,17 @@ pub(crate) async fn publish_routed<'t>(
             .map(|&i| {
                 let r = &records[i];
                 let (topic, partition) = route(i);
-                let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+                let mut headers = OwnedHeaders::new_with_capacity(r.headers.len() + 1);
                 for (k, v) in &r.headers {
                     headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
                 }
-                let mut rec = FutureRecord::<[u8], [u8]>::to(topic).payload(r.value).headers(headers);
+                let mut value = r.value;
+                if oversize.contains(&i) && value.len() > TRUNCATED_BYTES {
+                    value = &value[..TRUNCATED_BYTES];
+                    let len = r.value.len().to_string();
+                    headers = headers.insert(Header { key: HEADER_TRUNCATED, value: Some(len.as_bytes()) });
+                }
+                let mut rec = FutureRecord::<[u8], [u8]>::to(topic).payload(value).headers(headers);
                 if let Some(k) = r.key {
                     rec = rec.key(k);
                 }
@@ -105,6 +125,12 @@ pub(crate) async fn publish_routed<'t>(
         let mut last_err = None;
         while let Some((i, res)) = inflight.next().await {
             if let Err((e, _)) = res {
+                if matches!(e, KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge))
+                    && records[i].value.len() > TRUNCATED_BYTES
+                    && oversize.insert(i)
+                {
+                    tracing::warn!(topic = route(i).0, bytes = records[i].value.len(), keep = TRUNCATED_BYTES, "record too large for the broker; re-sending it truncated");
+                }
                 failed.push(i);
                 last_err = Some(e);
             }
