@@ -314,11 +314,26 @@ fn heartbeat(spool: &Spool, tenant: &str, poller: &str, metrics: &Metrics) -> Re
 
 fn housekeeping(spool: &Spool, tenant: &str, poller: &str, interval: Duration, metrics: &Metrics, stop: &AtomicBool) -> Result<()> {
     let mut next_hb = Instant::now() + interval;
+    // On a full disk, housekeeping keeps going (a checkpoint is what deletes
+    // acknowledged segments and frees space); the failed step is retried.
+    let mut last_warn: Option<Instant> = None;
+    let mut tolerate = |r: Result<()>| -> Result<()> {
+        match r {
+            Err(e) if e.is_disk_full() => {
+                if last_warn.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    tracing::warn!(error = %e, "spool disk full: will retry");
+                    last_warn = Some(Instant::now());
+                }
+                Ok(())
+            }
+            r => r,
+        }
+    };
     while !stop.load(Ordering::Relaxed) {
-        spool.sync()?;
-        spool.checkpoint()?;
+        tolerate(spool.sync())?;
+        tolerate(spool.checkpoint().map(|_| ()))?;
         if Instant::now() >= next_hb {
-            heartbeat(spool, tenant, poller, metrics)?;
+            tolerate(heartbeat(spool, tenant, poller, metrics))?;
             next_hb += interval;
             if next_hb < Instant::now() {
                 next_hb = Instant::now() + interval;

@@ -67,6 +67,13 @@ impl Error {
         }
     }
 
+    /// Whether this is a file operation that failed for lack of space
+    /// (ENOSPC, or a quota): the spool waits for space instead of failing.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, Error::Io { source, .. }
+            if matches!(source.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded))
+    }
+
     /// A closure building an [`Error::Io`], for `map_err`.
     pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();

@@ -101,6 +101,8 @@ struct Inner {
     input: InputPos,
     dirty: bool,
     full: bool,
+    /// An append failed for lack of disk space and waits for space.
+    disk_full: bool,
     closed: bool,
 }
 
@@ -111,6 +113,9 @@ struct Writer {
     len: u64,
     last_sync: Instant,
     buf: Vec<u8>,
+    /// A write failed and was cut back: the next append starts a new
+    /// segment, because a reader may have buffered the cut bytes.
+    cut: bool,
 }
 
 /// What recovery found on open.
@@ -369,9 +374,10 @@ impl Spool {
             input,
             dirty: true,
             full: false,
+            disk_full: false,
             closed: false,
         };
-        let writer = Writer { file, segment: next_id, len: MAGIC_LEN, last_sync: Instant::now(), buf: Vec::with_capacity(1 << 20) };
+        let writer = Writer { file, segment: next_id, len: MAGIC_LEN, last_sync: Instant::now(), buf: Vec::with_capacity(1 << 20), cut: false };
         let spool = Spool { cfg, inner: Mutex::new(inner), changed: Condvar::new(), writer: Mutex::new(writer), _lock: lock };
         spool.checkpoint()?;
         Ok((spool, Recovered { new_epoch: new, depth, torn_bytes: torn, input }))
@@ -403,7 +409,8 @@ impl Spool {
 
     /// True while an append waits for space.
     pub fn is_full(&self) -> bool {
-        self.inner().full
+        let i = self.inner();
+        i.full || i.disk_full
     }
 
     /// The acknowledged position and the last acknowledged `(epoch, seq)`.
@@ -437,8 +444,17 @@ impl Spool {
                 return Ok(done);
             }
             let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-            if w.len >= self.cfg.segment_bytes {
-                self.rotate(&mut w)?;
+            if (w.len >= self.cfg.segment_bytes || w.cut)
+                && let Err(e) = self.rotate(&mut w)
+            {
+                drop(w);
+                if force || !e.is_disk_full() {
+                    return Err(e);
+                }
+                if !self.wait_for_disk(&e) {
+                    return Ok(done);
+                }
+                continue;
             }
             let (epoch, seq0, mut input) = {
                 let i = self.inner();
@@ -460,15 +476,38 @@ impl Spool {
                 }
             }
             let path = seg_path(&self.cfg.dir, w.segment);
-            w.file.write_all(&buf).map_err(Error::io("writing spool segment", &path))?;
-            w.len += buf.len() as u64;
             let synced = match self.cfg.fsync {
                 FsyncPolicy::Always => true,
                 FsyncPolicy::Interval(d) => w.last_sync.elapsed() >= d,
                 FsyncPolicy::Never => false,
             };
+            let res = w.file.write_all(&buf).map_err(Error::io("writing spool segment", &path)).and_then(|()| {
+                if synced { w.file.sync_data().map_err(Error::io("fsync spool segment", &path)) } else { Ok(()) }
+            });
+            if let Err(e) = res {
+                if !e.is_disk_full() {
+                    return Err(e);
+                }
+                // Undo the partial write: the segment must end on a record
+                // boundary, and these records have no seq yet. The segment
+                // is then sealed there: the next append goes to a new one,
+                // never over bytes a reader may already have buffered.
+                let len = w.len;
+                w.file.set_len(len).map_err(Error::io("truncating spool segment", &path))?;
+                w.file.seek(SeekFrom::Start(len)).map_err(Error::io("seeking spool segment", &path))?;
+                w.cut = true;
+                w.buf = buf;
+                drop(w);
+                if force {
+                    return Err(e);
+                }
+                if !self.wait_for_disk(&e) {
+                    return Ok(done);
+                }
+                continue;
+            }
+            w.len += buf.len() as u64;
             if synced {
-                w.file.sync_data().map_err(Error::io("fsync spool segment", &path))?;
                 w.last_sync = Instant::now();
             }
             let written = buf.len() as u64;
@@ -488,6 +527,13 @@ impl Spool {
                 }
             }
             drop(w);
+            {
+                let mut i = self.inner();
+                if i.disk_full {
+                    i.disk_full = false;
+                    tracing::info!(depth = i.depth, "spool disk has space again: input resumed");
+                }
+            }
             self.changed.notify_all();
             done += n;
         }
@@ -500,6 +546,19 @@ impl Spool {
         let mut i = self.inner();
         i.input = input;
         i.dirty = true;
+    }
+
+    /// After an append failed for lack of disk space: flags it (heartbeats
+    /// and the `spool_full` gauge say so), logs it once, and waits a little
+    /// for space. False when the spool was closed meanwhile.
+    fn wait_for_disk(&self, e: &Error) -> bool {
+        let mut i = self.inner();
+        if !i.disk_full {
+            i.disk_full = true;
+            tracing::warn!(error = %e, depth = i.depth, "spool disk full: input paused until space is freed (nothing is dropped)");
+        }
+        let i = self.changed.wait_timeout(i, Duration::from_millis(500)).unwrap_or_else(|p| p.into_inner()).0;
+        !i.closed
     }
 
     fn wait_for_space(&self) -> bool {
@@ -547,7 +606,7 @@ impl Spool {
             i.segments.push_back(Segment { id, written: MAGIC_LEN, durable: MAGIC_LEN, sealed: false });
             i.total_bytes += MAGIC_LEN;
         }
-        *w = Writer { file, segment: id, len: MAGIC_LEN, last_sync: Instant::now(), buf: std::mem::take(&mut w.buf) };
+        *w = Writer { file, segment: id, len: MAGIC_LEN, last_sync: Instant::now(), buf: std::mem::take(&mut w.buf), cut: false };
         self.changed.notify_all();
         Ok(())
     }
