@@ -10,4 +10,5 @@ mod lifecycle;
 mod loadgen;
 mod poller;
 mod query;
+mod scenario;
 mod standalone;
