@@ -235,31 +235,6 @@ pub fn query_clients(url: &str, tokens: &[ClientToken], clients: usize, stop: &A
     stats
 }
 
-/// Samples how stale the query service's view is: every second, for each
-/// tenant, now minus the newest event time it answers with. Returns the
-/// largest staleness seen, in ms, per tenant.
-pub fn freshness_probe(url: &str, token: &str, stop: &Arc<AtomicBool>) -> std::thread::JoinHandle<BTreeMap<String, i64>> {
-    let (url, token, stop) = (url.to_owned(), token.to_owned(), stop.clone());
-    std::thread::spawn(move || {
-        let mut worst: BTreeMap<String, i64> = BTreeMap::new();
-        let sql = "SELECT tenant, CAST(date_part('epoch', max(time)) * 1000 AS BIGINT) AS newest FROM events \
-                   WHERE time > now() - INTERVAL '1 day' GROUP BY tenant";
-        while !stop.load(Ordering::Relaxed) {
-            if let Ok(rows) = verify::sql(&url, &token, sql, Duration::from_secs(30)) {
-                let now = chrono::Utc::now().timestamp_millis();
-                for r in rows {
-                    let (Some(t), Some(newest)) = (r["tenant"].as_str(), r["newest"].as_i64()) else { continue };
-                    let lag = now - newest;
-                    let w = worst.entry(t.to_owned()).or_insert(0);
-                    *w = (*w).max(lag);
-                }
-            }
-            std::thread::sleep(Duration::from_secs(1));
-        }
-        worst
-    })
-}
-
 /// Least-squares slope of `(seconds, bytes)` samples, in MiB per minute.
 pub fn slope_mib_per_min(samples: &[(f64, u64)]) -> f64 {
     let n = samples.len() as f64;

@@ -219,8 +219,11 @@ pub struct Outcome {
     pub lost: u64,
     /// Rows stored more than once.
     pub duplicated: u64,
-    /// Worst staleness of the query service's view (now − newest event), ms.
-    pub max_freshness_ms: i64,
+    /// Largest delay from an event's time to its ingestion, seconds (the
+    /// query service sees a commit within its refresh interval after that).
+    pub max_delay_s: f64,
+    /// Per poller: largest delay and spool depth.
+    pub pollers: BTreeMap<String, PollerOutcome>,
     /// Query clients' results (scenarios with query load).
     pub queries: Option<QueryStats>,
     /// RSS per process: `(name, first MiB, last MiB, slope MiB/min over the second half)`.
@@ -231,6 +234,15 @@ pub struct Outcome {
     pub mismatches: Vec<String>,
     /// Whether everything matched.
     pub passed: bool,
+}
+
+/// What one poller went through, from the tables.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PollerOutcome {
+    /// Largest `ingested_at − time` of its events, seconds.
+    pub max_delay_s: f64,
+    /// Largest spool depth its heartbeats reported.
+    pub max_spool_depth: i64,
 }
 
 /// Runs `estate scenario`: each scenario in turn, printing its table; fails
@@ -279,7 +291,10 @@ pub fn render(o: &Outcome) -> String {
     row(&mut s, "rejected (DLQ)", format!("{} {:?}", o.rejected.values().sum::<u64>(), o.rejected));
     row(&mut s, "lost", o.lost.to_string());
     row(&mut s, "duplicated", o.duplicated.to_string());
-    row(&mut s, "max freshness", format!("{:.1} s", o.max_freshness_ms as f64 / 1000.0));
+    row(&mut s, "max delay", format!("{:.1} s (event time → ingested)", o.max_delay_s));
+    for (p, x) in &o.pollers {
+        row(&mut s, &format!("poller {p}"), format!("max delay {:.1} s, max spool depth {}", x.max_delay_s, x.max_spool_depth));
+    }
     if let Some(q) = &o.queries {
         row(&mut s, "queries", format!("{} ok, {} limited, {} failed, {} breaches, slowest {} ms", q.ok, q.limited, q.failed, q.breaches, q.max_ms));
         for e in &q.examples {
@@ -588,7 +603,6 @@ impl Run {
         let mut tokens = vec![ClientToken { token: OPERATOR_TOKEN.into(), tenant: None }];
         tokens.extend(TENANTS.iter().map(|t| ClientToken { token: format!("{t}-scenario-token"), tenant: Some((*t).to_owned()) }));
         let qstats = (plan.query_clients > 0).then(|| driver::query_clients(&self.query_url, &tokens, plan.query_clients, &query_stop));
-        let fresh = driver::freshness_probe(&self.query_url, OPERATOR_TOKEN, &query_stop);
 
         // Faults, on the schedule.
         let mut next_kill = plan.ingest_kills.map(|(lo, hi)| rng.random_range(lo..=hi));
@@ -690,10 +704,30 @@ impl Run {
         let truth = self.truth(&offered, lg_truth.as_ref(), pollers);
         let (checks, obs) = self.verify(&truth)?;
         query_stop.store(true, Ordering::Relaxed);
-        let worst = fresh.join().unwrap_or_default();
+        let per_poller = self.per_poller()?;
         let queries = qstats.map(|q| q.lock().unwrap_or_else(|p| p.into_inner()).clone());
         self.check_alive()?;
-        Ok(self.outcome(&truth, &obs, &checks, worst, queries, &rss))
+        Ok(self.outcome(&truth, &obs, &checks, per_poller, queries, &rss))
+    }
+
+    /// Per poller of the run: the largest event delay and spool depth.
+    fn per_poller(&self) -> Result<BTreeMap<String, PollerOutcome>> {
+        let pollers: Vec<String> = self.pollers.iter().map(|p| format!("'{}'", p.1)).collect();
+        let list = pollers.join(", ");
+        let q = |sql: String| verify::sql(&self.query_url, OPERATOR_TOKEN, &sql, Duration::from_secs(120));
+        let mut out: BTreeMap<String, PollerOutcome> = BTreeMap::new();
+        for r in q(format!(
+            "SELECT poller, max(date_part('epoch', ingested_at) - date_part('epoch', time)) AS d FROM events \
+             WHERE poller IN ({list}) AND time > now() - INTERVAL '1 day' GROUP BY poller"
+        ))? {
+            let p = r["poller"].as_str().unwrap_or_default().to_owned();
+            out.entry(p).or_default().max_delay_s = r["d"].as_f64().unwrap_or(0.0);
+        }
+        for r in q(format!("SELECT poller, max(spool_depth) AS d FROM heartbeats WHERE poller IN ({list}) GROUP BY poller"))? {
+            let p = r["poller"].as_str().unwrap_or_default().to_owned();
+            out.entry(p).or_default().max_spool_depth = r["d"].as_i64().unwrap_or(0);
+        }
+        Ok(out)
     }
 
     fn restart_ingest(&mut self, faults: Option<&str>) -> Result<()> {
@@ -772,7 +806,7 @@ impl Run {
         if !status.success() {
             return Err(Error::Config(format!("loadgen failed ({status}); log:\n{}", lg.log_tail(20))));
         }
-        self.note("hostile loadgen finished".into());
+        tracing::info!("hostile loadgen finished");
         Truth::read(&self.dir.join("loadgen-truth.json"))
     }
 
@@ -858,7 +892,7 @@ impl Run {
         truth: &Truth,
         obs: &verify::Observed,
         checks: &[verify::Check],
-        worst: BTreeMap<String, i64>,
+        per_poller: BTreeMap<String, PollerOutcome>,
         queries: Option<QueryStats>,
         rss: &BTreeMap<String, Vec<(f64, u64)>>,
     ) -> Outcome {
@@ -896,7 +930,8 @@ impl Run {
             rejected: obs.dlq.clone().unwrap_or_default(),
             lost,
             duplicated,
-            max_freshness_ms: worst.values().copied().max().unwrap_or(-1),
+            max_delay_s: per_poller.values().map(|p| p.max_delay_s).fold(0.0, f64::max),
+            pollers: per_poller,
             queries,
             rss,
             unexpected_exits: self.unexpected.clone(),
