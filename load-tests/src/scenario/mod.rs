@@ -324,6 +324,9 @@ const TMPFS_POLLER: &str = "globex-lon";
 /// request in flight per connection, and a short timeout so a lost answer
 /// is retried in seconds (safe: producers are idempotent).
 const TANSU_CLIENT_OPTS: [&str; 2] = ["max.in.flight.requests.per.connection=1", "socket.timeout.ms=10000"];
+/// The soak's RSS criterion: the least-squares slope over the second half
+/// of the run, per process, at most this many MiB per minute.
+const RSS_FLAT_MIB_PER_MIN: f64 = 1.0;
 const OPERATOR_TOKEN: &str = "scenario-operator-token";
 
 /// One scenario run in progress.
@@ -911,6 +914,12 @@ impl Run {
                 (p.clone(), s.first().map_or(0.0, |x| mib(x.1)), s.last().map_or(0.0, |x| mib(x.1)), slope_mib_per_min(half))
             })
             .collect();
+        let mut mismatches = mismatches;
+        if self.plan.name == Name::Soak {
+            for (p, _, _, slope) in rss.iter().filter(|r| r.3 > RSS_FLAT_MIB_PER_MIN) {
+                mismatches.push(format!("rss of {p} not flat: {slope:+.2} MiB/min over the second half (limit {RSS_FLAT_MIB_PER_MIN})"));
+            }
+        }
         let q_ok = queries.as_ref().is_none_or(|q| q.failed == 0 && q.breaches == 0 && q.ok > 0);
         let passed = !checks.is_empty() && mismatches.is_empty() && self.unexpected.is_empty() && q_ok;
         let mut command = format!("estate scenario {} --seed {} --rate {}", self.plan.name.label(), self.seed, self.rate);
