@@ -140,7 +140,11 @@ pub(crate) fn subscribe(
             ("enable.auto.offset.store", "false"),
             ("auto.offset.reset", "earliest"),
             ("enable.partition.eof", "false"),
-            ("session.timeout.ms", "30000"),
+            // A SIGKILLed instance's partitions stall until its session
+            // times out: 10 s (heartbeats come from librdkafka's own thread,
+            // so a slow flush does not end the session; --consumer-opt
+            // overrides).
+            ("session.timeout.ms", "10000"),
             ("heartbeat.interval.ms", "3000"),
             ("topic.metadata.refresh.interval.ms", "10000"),
             ("statistics.interval.ms", "5000"),

@@ -155,9 +155,11 @@ fn quickstart_demo_then_restart_keeps_data() {
     // A tenant token sees its own tenant only.
     let own = s.counts(&t01);
     assert_eq!(own.keys().collect::<Vec<_>>(), vec!["demo-t01"], "{own:?}");
-    // The pollers view is live.
-    let pollers = s.rows(&operator, "SELECT tenant, count(*) AS n FROM pollers WHERE status = 'up' GROUP BY tenant");
-    assert_eq!(pollers.len(), 3, "{pollers:?}");
+    // The pollers view is live: every tenant's pollers report up (their
+    // heartbeats are at most 10 s apart; the view says late after 30 s).
+    wait_for(Duration::from_secs(60), "every demo tenant's pollers up in the pollers view", || {
+        s.rows(&operator, "SELECT tenant, count(*) AS n FROM pollers WHERE status = 'up' GROUP BY tenant").len() == 3
+    });
 
     // And over Flight SQL.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
