@@ -9,7 +9,9 @@
 //! the DLQ with its reason. See `docs/reliability.md`.
 
 pub mod driver;
+mod plan;
 pub mod procs;
+mod report;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,66 +21,18 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde::Serialize;
 
 pub use driver::slope_mib_per_min;
 use driver::{ClientToken, Input, Offered, QueryStats};
+use plan::{Plan, TANSU_RATE};
+pub use plan::{BrokerKind, Name};
+pub use report::{Outcome, PollerOutcome, render};
 use procs::{NetNs, Proc, Tmpfs, find_tansu, free_port, wait_port};
 
 use crate::error::{Error, Result};
 use crate::truth::{PollerTruth, TenantTruth, Truth};
 use crate::verify::{self, VerifyArgs};
 
-/// The scenarios.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Name {
-    /// 1. SIGKILL a random ingest instance every 5–20 s, always restarting it.
-    KillIngest,
-    /// 2. SIGKILL the broker process and restart it, twice.
-    KillBroker,
-    /// 3. A poller in its own network namespace loses its link for 60 s.
-    WanPartition,
-    /// 4. Store latency spikes and 10 % failed writes for a minute.
-    StoreFaults,
-    /// 5. A poller's spool disk (a small tmpfs) fills up, then space is freed.
-    SpoolFull,
-    /// 6. Every DLQ reason, far-future and ancient times, foreign tenant claims.
-    HostileInput,
-    /// 7. Ten query clients (tenant and operator tokens) during scenario 1.
-    QueryLoad,
-    /// 8. A steady rate for 20 minutes; ingest and query RSS slopes reported.
-    Soak,
-    /// Every scenario above, one after the other.
-    All,
-}
-
-impl Name {
-    fn every() -> [Name; 8] {
-        use Name::*;
-        [KillIngest, KillBroker, WanPartition, StoreFaults, SpoolFull, HostileInput, QueryLoad, Soak]
-    }
-
-    fn label(self) -> String {
-        serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
-    }
-}
-
-/// The broker a scenario runs against.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BrokerKind {
-    /// librdkafka's mock cluster in its own process (`estate broker`): a
-    /// Kafka-protocol broker over TCP, in memory.
-    Mock,
-    /// The tansu broker process, durable on SQLite (needed to kill and
-    /// restart the broker; slows down as its log grows, see
-    /// docs/reliability.md).
-    Tansu,
-}
-
-/// Default rate on tansu, whose fetches slow down as its log grows.
-const TANSU_RATE: f64 = 50.0;
 
 /// Options of `estate scenario`.
 #[derive(Debug, Clone, clap::Args)]
@@ -129,122 +83,6 @@ pub struct ScenarioArgs {
     pub ingest_instances: usize,
 }
 
-/// The shape of one scenario run.
-#[derive(Debug, Clone)]
-struct Plan {
-    name: Name,
-    duration: Duration,
-    /// SIGKILL a random ingest instance every `(min, max)`.
-    ingest_kills: Option<(Duration, Duration)>,
-    /// SIGKILL the broker this many times, evenly spread, down `broker_down` each.
-    broker_kills: u32,
-    broker_down: Duration,
-    /// Cut the WAN poller's link at `.0` for `.1`.
-    wan_cut: Option<(Duration, Duration)>,
-    /// Start ingest with the fault-injecting store at `.0` for `.1`.
-    store_faults: Option<(Duration, Duration)>,
-    /// Fill the spool disk at `.0` for `.1`.
-    spool_full: Option<(Duration, Duration)>,
-    hostile: bool,
-    query_clients: usize,
-    broker: BrokerKind,
-}
-
-impl Plan {
-    fn new(name: Name, short: bool, duration: Option<Duration>) -> Plan {
-        let s = |full: u64, short_: u64| Duration::from_secs(if short { short_ } else { full });
-        let d = duration.unwrap_or(match name {
-            Name::KillIngest | Name::QueryLoad => s(180, 60),
-            Name::Soak => s(1200, 120),
-            Name::WanPartition => s(120, 60),
-            _ => s(120, 60),
-        });
-        let mut p = Plan {
-            name,
-            duration: d,
-            ingest_kills: None,
-            broker_kills: 0,
-            broker_down: Duration::from_secs(3),
-            wan_cut: None,
-            store_faults: None,
-            spool_full: None,
-            hostile: false,
-            query_clients: 0,
-            broker: if name == Name::KillBroker { BrokerKind::Tansu } else { BrokerKind::Mock },
-        };
-        let at = d / 5;
-        let window = |full: u64| if short { d / 3 } else { Duration::from_secs(full) };
-        match name {
-            Name::KillIngest => p.ingest_kills = Some((Duration::from_secs(5), Duration::from_secs(if short { 12 } else { 20 }))),
-            Name::KillBroker => p.broker_kills = 2,
-            Name::WanPartition => p.wan_cut = Some((at, window(60))),
-            Name::StoreFaults => p.store_faults = Some((at, window(60))),
-            Name::SpoolFull => p.spool_full = Some((at, window(30))),
-            Name::HostileInput => p.hostile = true,
-            Name::QueryLoad => {
-                p.ingest_kills = Some((Duration::from_secs(5), Duration::from_secs(20)));
-                p.query_clients = 10;
-            }
-            Name::Soak => p.query_clients = 2,
-            Name::All => unreachable!("expanded before planning"),
-        }
-        p
-    }
-}
-
-/// The outcome of one scenario, as reported and written to `--report`.
-#[derive(Debug, Clone, Serialize)]
-pub struct Outcome {
-    /// Scenario.
-    pub scenario: Name,
-    /// Seed (reproduces the fault schedule and the load).
-    pub seed: u64,
-    /// Whether the short version ran.
-    pub short: bool,
-    /// The command that reproduces it.
-    pub command: String,
-    /// Seconds of load.
-    pub duration_s: u64,
-    /// The faults injected, in order, with their time from the start.
-    pub faults: Vec<String>,
-    /// Events offered (distinct event ids that should be stored).
-    pub offered_events: u64,
-    /// Messages offered that must be rejected.
-    pub offered_rejects: u64,
-    /// Rows stored for the run's tenants.
-    pub stored: u64,
-    /// DLQ records by reason.
-    pub rejected: BTreeMap<String, u64>,
-    /// Events offered but not stored, plus seqs missing in `loss_audit`.
-    pub lost: u64,
-    /// Rows stored more than once.
-    pub duplicated: u64,
-    /// Largest delay from an event's time to its ingestion, seconds (the
-    /// query service sees a commit within its refresh interval after that).
-    pub max_delay_s: f64,
-    /// Per poller: largest delay and spool depth.
-    pub pollers: BTreeMap<String, PollerOutcome>,
-    /// Query clients' results (scenarios with query load).
-    pub queries: Option<QueryStats>,
-    /// RSS per process: `(name, first MiB, last MiB, slope MiB/min over the second half)`.
-    pub rss: Vec<(String, f64, f64, f64)>,
-    /// Processes that died without being killed by the scenario.
-    pub unexpected_exits: Vec<String>,
-    /// Verification lines that did not match.
-    pub mismatches: Vec<String>,
-    /// Whether everything matched.
-    pub passed: bool,
-}
-
-/// What one poller went through, from the tables.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct PollerOutcome {
-    /// Largest `ingested_at − time` of its events, seconds.
-    pub max_delay_s: f64,
-    /// Largest spool depth its heartbeats reported.
-    pub max_spool_depth: i64,
-}
-
 /// Runs `estate scenario`: each scenario in turn, printing its table; fails
 /// if any did not pass.
 pub fn run(args: &ScenarioArgs) -> Result<()> {
@@ -273,44 +111,6 @@ pub fn run(args: &ScenarioArgs) -> Result<()> {
         }
     }
     if failed.is_empty() { Ok(()) } else { Err(Error::Config(format!("scenario(s) failed: {}", failed.join(", ")))) }
-}
-
-/// The report of one scenario as text.
-pub fn render(o: &Outcome) -> String {
-    let mut s = String::new();
-    let row = |s: &mut String, k: &str, v: String| s.push_str(&format!("  {k:<22} {v}\n"));
-    row(&mut s, "result", if o.passed { "PASSED".into() } else { "FAILED".into() });
-    row(&mut s, "reproduce", o.command.clone());
-    row(&mut s, "faults", format!("{} injected", o.faults.len()));
-    for f in &o.faults {
-        s.push_str(&format!("      {f}\n"));
-    }
-    row(&mut s, "events offered", o.offered_events.to_string());
-    row(&mut s, "stored", o.stored.to_string());
-    row(&mut s, "rejects offered", o.offered_rejects.to_string());
-    row(&mut s, "rejected (DLQ)", format!("{} {:?}", o.rejected.values().sum::<u64>(), o.rejected));
-    row(&mut s, "lost", o.lost.to_string());
-    row(&mut s, "duplicated", o.duplicated.to_string());
-    row(&mut s, "max delay", format!("{:.1} s (event time → ingested)", o.max_delay_s));
-    for (p, x) in &o.pollers {
-        row(&mut s, &format!("poller {p}"), format!("max delay {:.1} s, max spool depth {}", x.max_delay_s, x.max_spool_depth));
-    }
-    if let Some(q) = &o.queries {
-        row(&mut s, "queries", format!("{} ok, {} limited, {} failed, {} breaches, slowest {} ms", q.ok, q.limited, q.failed, q.breaches, q.max_ms));
-        for e in &q.examples {
-            s.push_str(&format!("      {e}\n"));
-        }
-    }
-    for (p, a, b, slope) in &o.rss {
-        row(&mut s, &format!("rss {p}"), format!("{a:.0} → {b:.0} MiB, slope {slope:+.2} MiB/min (second half)"));
-    }
-    for u in &o.unexpected_exits {
-        row(&mut s, "UNEXPECTED EXIT", u.clone());
-    }
-    for m in &o.mismatches {
-        row(&mut s, "MISMATCH", m.clone());
-    }
-    s
 }
 
 const TENANTS: [&str; 2] = ["acme", "globex"];
