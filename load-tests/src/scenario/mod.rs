@@ -752,7 +752,7 @@ impl Run {
 
 /// One unlabelled sample of a Prometheus text exposition.
 fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    crate::status::parse_metrics(text).into_iter().find(|m| m.name == name && m.labels.is_empty()).map(|m| m.value)
 }
 
 #[cfg(test)]
