@@ -64,6 +64,9 @@ pub async fn run(args: IngestArgs, shutdown: impl std::future::Future<Output = (
     }
 }
 
+/// How long a stop may take: the final flush plus leaving the consumer group.
+const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A started ingest instance.
 #[derive(Debug)]
 pub struct Running {
@@ -106,12 +109,23 @@ impl Running {
         self.stop.store(true, Ordering::Relaxed);
         self.metrics.set_ready(false);
         let worker = self.worker;
-        tokio::task::spawn_blocking(move || worker.join())
-            .await
-            .map_err(|e| Error::Config(format!("consumer thread: {e}")))?
-            .map_err(|_| Error::Config("consumer thread panicked".into()))?;
-        tracing::info!("ingest stopped cleanly");
-        Ok(())
+        let joined = tokio::time::timeout(STOP_TIMEOUT, tokio::task::spawn_blocking(move || worker.join())).await;
+        match joined {
+            Ok(j) => {
+                j.map_err(|e| Error::Config(format!("consumer thread: {e}")))?
+                    .map_err(|_| Error::Config("consumer thread panicked".into()))?;
+                tracing::info!("ingest stopped cleanly");
+                Ok(())
+            }
+            // Leaving the group waits on the broker. Exiting without it is
+            // safe: every partition resumes from the tables' watermarks, and
+            // whatever the last flush did not commit is read again.
+            Err(_) => Err(Error::Config(format!(
+                "the consumer did not stop within {}s (the broker may be unreachable); exiting without leaving the group: \
+                 nothing is lost, the next owner of each partition resumes from the tables",
+                STOP_TIMEOUT.as_secs()
+            ))),
+        }
     }
 }
 
