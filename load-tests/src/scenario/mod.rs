@@ -128,6 +128,8 @@ const TANSU_CLIENT_OPTS: [&str; 2] = ["max.in.flight.requests.per.connection=1",
 /// of the run, per process, at most this many MiB per minute.
 const RSS_FLAT_MIB_PER_MIN: f64 = 1.0;
 const OPERATOR_TOKEN: &str = "scenario-operator-token";
+/// How often `estate compact` runs a pass during a scenario.
+const COMPACT_INTERVAL: &str = "30s";
 
 /// One scenario run in progress.
 struct Run {
@@ -148,6 +150,7 @@ struct Run {
     broker: Proc,
     ingest: Vec<Proc>,
     query: Option<Proc>,
+    compactor: Option<Proc>,
     pollers: Vec<(String, String, Proc, String)>,
     relay: Option<Proc>,
     relay_stop: Arc<AtomicBool>,
@@ -207,6 +210,7 @@ impl Run {
             broker,
             ingest: Vec::new(),
             query: None,
+            compactor: None,
             pollers: Vec::new(),
             relay: None,
             relay_stop: Arc::new(AtomicBool::new(false)),
@@ -274,9 +278,17 @@ impl Run {
             let metrics = format!("127.0.0.1:{}", free_port("127.0.0.1")?);
             let mut a = strings(&["ingest", "--brokers", &self.brokers, "--group", "estate-scenario", "--store", &store, "--metrics-addr", &metrics]);
             a.extend(strings(&["--flush-interval", "500ms", "--consumer-opt", "fetch.wait.max.ms=10"]));
+            if let Some(w) = self.plan.dedup_window {
+                a.extend(strings(&["--dedup-window", w]));
+            }
             a.extend(client_opts.iter().cloned());
             self.ingest.push(Proc::new(&format!("ingest-{i}"), &self.estate_bin, a, &logs));
         }
+        // Table maintenance beside ingest, as in production: without it every
+        // flush adds files, and ingest's and the query service's snapshots
+        // (and their memory) grow with the file count.
+        let a = strings(&["compact", "--store", &store, "--interval", COMPACT_INTERVAL]);
+        self.compactor = Some(Proc::new("compactor", &self.estate_bin, a, &logs));
         let auth = self.dir.join("tokens.toml");
         let mut toml = format!("[[token]]\ntoken = \"{OPERATOR_TOKEN}\"\nrole = \"operator\"\n");
         for t in TENANTS {
@@ -353,6 +365,7 @@ impl Run {
     fn all_procs(&self) -> Vec<&Proc> {
         let mut v: Vec<&Proc> = vec![&self.broker];
         v.extend(self.query.iter());
+        v.extend(self.compactor.iter());
         v.extend(self.relay.iter());
         v.extend(self.ingest.iter());
         v.extend(self.pollers.iter().map(|p| &p.2));
@@ -366,7 +379,7 @@ impl Run {
         for i in &mut self.ingest {
             i.kill();
         }
-        for p in self.query.iter_mut().chain(self.relay.iter_mut()) {
+        for p in self.query.iter_mut().chain(self.compactor.iter_mut()).chain(self.relay.iter_mut()) {
             p.kill();
         }
         self.relay_stop.store(true, Ordering::Relaxed);
@@ -386,6 +399,9 @@ impl Run {
         }
         for i in &mut self.ingest {
             i.start()?;
+        }
+        if let Some(c) = &mut self.compactor {
+            c.start()?;
         }
         let mut inputs = Vec::new();
         for (tenant, poller, p, _) in &mut self.pollers {
@@ -576,6 +592,7 @@ impl Run {
     fn all_procs_mut(&mut self) -> Vec<&mut Proc> {
         let mut v: Vec<&mut Proc> = vec![&mut self.broker];
         v.extend(self.query.iter_mut());
+        v.extend(self.compactor.iter_mut());
         v.extend(self.relay.iter_mut());
         v.extend(self.ingest.iter_mut());
         v.extend(self.pollers.iter_mut().map(|p| &mut p.2));

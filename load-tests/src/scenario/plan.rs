@@ -74,6 +74,8 @@ pub(super) struct Plan {
     pub(super) hostile: bool,
     pub(super) query_clients: usize,
     pub(super) broker: BrokerKind,
+    /// Ingest's `--dedup-window` (`None`: its default, 1 h).
+    pub(super) dedup_window: Option<&'static str>,
 }
 
 impl Plan {
@@ -97,6 +99,7 @@ impl Plan {
             hostile: false,
             query_clients: 0,
             broker: if name == Name::KillBroker { BrokerKind::Tansu } else { BrokerKind::Mock },
+            dedup_window: None,
         };
         let at = d / 5;
         let window = |full: u64| if short { d / 3 } else { Duration::from_secs(full) };
@@ -111,7 +114,14 @@ impl Plan {
                 p.ingest_kills = Some((Duration::from_secs(5), Duration::from_secs(20)));
                 p.query_clients = 10;
             }
-            Name::Soak => p.query_clients = 2,
+            Name::Soak => {
+                p.query_clients = 2;
+                // The dedup window is state that grows by design until it is
+                // full (1 h by default, longer than the soak): a 5 min window
+                // fills in the first half, so the second half shows whether
+                // anything else grows.
+                p.dedup_window = Some("5m");
+            }
             Name::All => unreachable!("expanded before planning"),
         }
         p
