@@ -197,6 +197,65 @@ fn repeated_sigkill_loses_and_doubles_nothing() {
     assert_exact(&store, &w);
 }
 
+/// Lines of an ingest log that say a partition was assigned.
+fn assignments(ing: &Ingest) -> usize {
+    std::fs::read_to_string(&ing.log).unwrap_or_default().lines().filter(|l| l.contains("partition assigned")).count()
+}
+
+fn revocations(ing: &Ingest) -> usize {
+    std::fs::read_to_string(&ing.log).unwrap_or_default().lines().filter(|l| l.contains("partitions revoked")).count()
+}
+
+/// Two instances in one group share the partitions; one is SIGKILLed mid-run
+/// and the survivor takes its partitions over (after the session timeout);
+/// the killed one then comes back and the survivor hands partitions back
+/// through a revocation (flush, commit, let go). The result stays exact.
+#[test]
+fn rebalance_after_a_member_dies_stays_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let m = mock(6);
+    let brokers = m.bootstrap_servers();
+    // Small volume: the mock cluster deletes old segments of busy partitions.
+    let w = workload(18_000, 0.05, 5);
+    let chunks: Vec<Vec<Msg>> = w.msgs.chunks(1_000).map(<[Msg]>::to_vec).collect();
+    let produce_next = |i: usize| produce(&brokers, &chunks[i]);
+    let group = "g-rebalance";
+    let mut a = Ingest::start(&brokers, &store, group, &[], dir.path(), 0);
+    let mut b = Ingest::start(&brokers, &store, group, &[], dir.path(), 1);
+    let mut next = 0;
+    // Both members hold partitions and have consumed from them.
+    wait_for_logged(Duration::from_secs(120), "both members consuming", &[&a, &b], || {
+        if next < 6 {
+            produce_next(next);
+            next += 1;
+        }
+        [&a, &b].iter().all(|i| metric_sum(&i.metrics(), "estate_ingest_events_in_total") > 0.0)
+    });
+    let a_before = assignments(&a);
+    b.kill();
+    // The survivor is assigned b's partitions once b's session times out.
+    wait_for_logged(Duration::from_secs(90), "the survivor to take the dead member's partitions", &[&a], || {
+        if next < 12 {
+            produce_next(next);
+            next += 1;
+        }
+        assignments(&a) > a_before
+    });
+    // b comes back: a gives some partitions up (revocation path), b resumes them from the tables.
+    let a_revoked = revocations(&a);
+    let b = Ingest::start(&brokers, &store, group, &[], dir.path(), 2);
+    wait_for_logged(Duration::from_secs(90), "the returning member to be assigned partitions", &[&a, &b], || assignments(&b) > 0);
+    while next < chunks.len() {
+        produce_next(next);
+        next += 1;
+    }
+    wait_for_all(&store, &w, 240, &[&a, &b]);
+    assert_exact(&store, &w);
+    assert!(revocations(&a) > a_revoked, "the survivor went through a revocation when b returned\n{}", a.log_tail());
+    a.terminate();
+}
+
 #[test]
 fn store_faults_do_not_lose_or_double() {
     let dir = tempfile::tempdir().unwrap();
