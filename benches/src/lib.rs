@@ -8,3 +8,4 @@
 //! deterministic for a given [`Spec`] (times are relative to `now`).
 
 pub mod dataset;
+pub mod pipeline;

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# End to end on a real broker process: `estate ingest` against the ceiling of
+# a plain rdkafka consumer that only counts, on the same tansu broker and the
+# same pre-filled topic (the NMIS mix, 6 partitions).
+#   - ceiling: estate-ingest-bench count (from offset 0 until all N are seen);
+#   - estate:  estate ingest (one instance, the deduplicated stream off: tansu
+#     accepts it at ~1k records/s) until its events_in counter, published
+#     after each commit, reaches N, i.e. every message is committed to the
+#     Delta tables.
+# Needs: cargo build --release --bin estate --bin estate-ingest-bench, and
+# tansu (scripts/install-test-deps.sh).
+#
+#   benches/scripts/ingest_e2e.sh [EVENTS]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+N=${1:-200000}
+TANSU=${ESTATE_TANSU:-$HOME/.cargo/bin/tansu}
+BENCH=target/release/estate-ingest-bench
+ESTATE=target/release/estate
+for b in "$TANSU" "$BENCH" "$ESTATE"; do
+  [ -x "$b" ] || { echo "missing $b (see the header of $0)" >&2; exit 1; }
+done
+DIR=$(mktemp -d)
+TPID=""
+IPID=""
+cleanup() {
+  # ingest first (it leaves the group through the broker), then the broker
+  [ -n "$IPID" ] && { kill "$IPID" 2>/dev/null; wait "$IPID" 2>/dev/null || true; }
+  [ -n "$TPID" ] && kill "$TPID" 2>/dev/null
+  rm -rf "$DIR"
+}
+trap cleanup EXIT
+PORT=$((20000 + RANDOM % 20000))
+MPORT=$((PORT + 1))
+( cd "$DIR" && exec "$TANSU" broker --listener-url "tcp://127.0.0.1:$PORT" \
+    --advertised-listener-url "tcp://127.0.0.1:$PORT" --storage-engine sqlite://tansu.db >tansu.log 2>&1 ) &
+TPID=$!
+for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
+for t in estate.events:6 estate.dlq:1 estate.deduped:2; do
+  "$TANSU" topic create --broker "tcp://127.0.0.1:$PORT" --partitions "${t#*:}" "${t%%:*}" >/dev/null
+done
+"$BENCH" fill --brokers "127.0.0.1:$PORT" --events "$N"
+echo "ceiling (plain rdkafka consumer, counting):"
+CEIL=$("$BENCH" count --brokers "127.0.0.1:$PORT" --events "$N")
+echo "  $CEIL"
+START=$(date +%s.%N)
+"$ESTATE" ingest --brokers "127.0.0.1:$PORT" --group estate-e2e --store "$DIR/store" \
+  --metrics-addr "127.0.0.1:$MPORT" --deduped-topic "" --log warn 2>"$DIR/ingest.log" &
+IPID=$!
+while :; do
+  IN=$(curl -sf "http://127.0.0.1:$MPORT/metrics" | awk '/^estate_ingest_events_in_total/ {s += $2} END {print s + 0}') || IN=0
+  [ "${IN%.*}" -ge "$N" ] && break
+  sleep 0.2
+done
+END=$(date +%s.%N)
+RSS=$(awk '/VmHWM/ {print $2}' "/proc/$IPID/status")
+python3 - "$CEIL" "$START" "$END" "$N" "$RSS" <<'PY'
+import json, sys
+ceil = json.loads(sys.argv[1]); start, end, n, rss = float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+rate = n / (end - start)
+print(f"estate ingest: {n} messages committed in {end - start:.1f} s = {rate:,.0f} msg/s (includes start-up and group join), peak RSS {rss / 1024:.0f} MiB")
+print(f"ceiling: {ceil['messages_per_s']:,.0f} msg/s; ratio {rate / ceil['messages_per_s']:.2f}")
+PY

@@ -1,0 +1,211 @@
+//! Ingest's JSON-to-Parquet path on one thread, for the side-by-side with
+//! DuckDB's `COPY … TO … (FORMAT parquet)` (`benches/scripts/ingest_compare.py`).
+//!
+//! `estate-ingest-bench generate --events N --out events.ndjson` writes the
+//! NMIS mix as NDJSON (one wire message per line); `estate-ingest-bench
+//! convert --input events.ndjson --out events.parquet` runs ingest's
+//! pipeline on it (decode, validate, dedup by event_id, Arrow, Parquet with
+//! ingest's writer settings) and prints one JSON line of figures. The Kafka
+//! key (the tenant) is read from each line's `tenant` field, as a producer
+//! would set it; that scan is part of the timed work.
+
+use std::io::{BufRead, BufWriter, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use estate_benches::pipeline::{self, Message, Runner};
+
+#[derive(Debug, Parser)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Write the NMIS mix as NDJSON.
+    Generate {
+        /// Messages.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Produce the NMIS mix to a topic (idempotent, acks=all), keyed by tenant.
+    Fill {
+        /// Bootstrap servers.
+        #[arg(long)]
+        brokers: String,
+        /// Topic.
+        #[arg(long, default_value = "estate.events")]
+        topic: String,
+        /// Messages.
+        #[arg(long, default_value_t = 200_000)]
+        events: usize,
+    },
+    /// The ceiling: a plain rdkafka consumer that only counts messages from
+    /// the start of a topic, until it has seen `--events`; prints messages/s.
+    Count {
+        /// Bootstrap servers.
+        #[arg(long)]
+        brokers: String,
+        /// Topic.
+        #[arg(long, default_value = "estate.events")]
+        topic: String,
+        /// Messages to wait for.
+        #[arg(long)]
+        events: u64,
+        /// librdkafka consumer settings, `key=value` (repeatable).
+        #[arg(long = "consumer-opt")]
+        consumer_opts: Vec<String>,
+    },
+    /// NDJSON to Parquet through ingest's pipeline, one thread.
+    Convert {
+        /// NDJSON input.
+        #[arg(long)]
+        input: PathBuf,
+        /// Parquet output.
+        #[arg(long)]
+        out: PathBuf,
+        /// Messages per flush (one row group each).
+        #[arg(long, default_value_t = 500_000)]
+        flush_rows: usize,
+    },
+}
+
+// The allocator the `estate` binary runs with.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The generated messages' clock, so that the file is the same every time.
+const NOW_MS: i64 = 1_790_000_000_000;
+
+fn tenant_of(line: &[u8]) -> Option<Vec<u8>> {
+    const PAT: &[u8] = b"\"tenant\":\"";
+    let at = line.windows(PAT.len()).position(|w| w == PAT)? + PAT.len();
+    let end = line[at..].iter().position(|b| *b == b'"')?;
+    Some(line[at..at + end].to_vec())
+}
+
+fn main() -> anyhow::Result<()> {
+    match Args::parse().cmd {
+        Cmd::Generate { events, out, seed } => {
+            let msgs = pipeline::nmis_messages(events, seed, NOW_MS);
+            let mut w = BufWriter::new(std::fs::File::create(&out)?);
+            for m in &msgs {
+                w.write_all(&m.payload)?;
+                w.write_all(b"\n")?;
+            }
+            w.flush()?;
+            eprintln!("wrote {} messages to {}", msgs.len(), out.display());
+        }
+        Cmd::Fill { brokers, topic, events } => fill(&brokers, &topic, events)?,
+        Cmd::Count { brokers, topic, events, consumer_opts } => count(&brokers, &topic, events, &consumer_opts)?,
+        Cmd::Convert { input, out, flush_rows } => {
+            let started = Instant::now();
+            let file = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&input)?);
+            let mut runner = Runner::new(BufWriter::with_capacity(1 << 20, std::fs::File::create(&out)?))?;
+            let mut chunk = Vec::with_capacity(flush_rows);
+            let mut json_bytes = 0u64;
+            for line in file.split(b'\n') {
+                let line = line?;
+                if line.is_empty() {
+                    continue;
+                }
+                json_bytes += line.len() as u64 + 1;
+                chunk.push(Message { key: tenant_of(&line), payload: line });
+                if chunk.len() >= flush_rows {
+                    runner.flush(&chunk, NOW_MS)?;
+                    chunk.clear();
+                }
+            }
+            runner.flush(&chunk, NOW_MS)?;
+            let (r, state) = runner.finish()?;
+            let secs = started.elapsed().as_secs_f64();
+            let report = serde_json::json!({
+                "messages": r.messages,
+                "events_stored": r.events,
+                "duplicates": r.duplicates,
+                "seconds": secs,
+                "messages_per_s": r.messages as f64 / secs,
+                "json_bytes": json_bytes,
+                "parquet_bytes": r.parquet_bytes,
+                "dedup_keys": state.dedup.len(),
+                "peak_rss_bytes": pipeline::peak_rss(),
+            });
+            println!("{report}");
+        }
+    }
+    Ok(())
+}
+
+fn fill(brokers: &str, topic: &str, events: usize) -> anyhow::Result<()> {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let p: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "20")
+        .set("compression.type", "lz4")
+        .create()?;
+    let msgs = pipeline::nmis_messages(events, 1, NOW_MS);
+    let started = Instant::now();
+    for m in &msgs {
+        let mut rec = BaseRecord::to(topic).payload(&m.payload);
+        if let Some(k) = &m.key {
+            rec = rec.key(k);
+        }
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+                    rec = r;
+                    p.poll(std::time::Duration::from_millis(10));
+                }
+                Err((e, _)) => anyhow::bail!("producing: {e}"),
+            }
+        }
+    }
+    p.flush(std::time::Duration::from_secs(300))?;
+    eprintln!("produced {} messages in {:.1} s", msgs.len(), started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn count(brokers: &str, topic: &str, events: u64, opts: &[String]) -> anyhow::Result<()> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let mut cfg = rdkafka::ClientConfig::new();
+    cfg.set("bootstrap.servers", brokers)
+        .set("group.id", format!("estate-bench-count-{}", std::process::id()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false");
+    for o in opts {
+        let (k, v) = o.split_once('=').ok_or_else(|| anyhow::anyhow!("--consumer-opt {o:?}: expected key=value"))?;
+        cfg.set(k, v);
+    }
+    let c: BaseConsumer = cfg.create()?;
+    c.subscribe(&[topic])?;
+    let started = Instant::now();
+    let mut n = 0u64;
+    let mut bytes = 0u64;
+    while n < events {
+        if started.elapsed() > std::time::Duration::from_secs(1800) {
+            anyhow::bail!("counted only {n} of {events} messages in 30 minutes");
+        }
+        match c.poll(std::time::Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                n += 1;
+                bytes += rdkafka::Message::payload(&m).map_or(0, <[u8]>::len) as u64;
+            }
+            Some(Err(e)) => eprintln!("consumer error: {e}"),
+            None => {}
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!("{}", serde_json::json!({"messages": n, "bytes": bytes, "seconds": secs, "messages_per_s": n as f64 / secs}));
+    Ok(())
+}
