@@ -197,13 +197,17 @@ fn repeated_sigkill_loses_and_doubles_nothing() {
     assert_exact(&store, &w);
 }
 
-/// Lines of an ingest log that say a partition was assigned.
+/// Lines of an ingest log that contain `what`.
+fn log_lines(ing: &Ingest, what: &str) -> usize {
+    std::fs::read_to_string(&ing.log).unwrap_or_default().lines().filter(|l| l.contains(what)).count()
+}
+
 fn assignments(ing: &Ingest) -> usize {
-    std::fs::read_to_string(&ing.log).unwrap_or_default().lines().filter(|l| l.contains("partition assigned")).count()
+    log_lines(ing, "partition assigned")
 }
 
 fn revocations(ing: &Ingest) -> usize {
-    std::fs::read_to_string(&ing.log).unwrap_or_default().lines().filter(|l| l.contains("partitions revoked")).count()
+    log_lines(ing, "partitions revoked")
 }
 
 /// Two instances in one group share the partitions; one is SIGKILLed mid-run

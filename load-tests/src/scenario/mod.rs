@@ -287,7 +287,8 @@ impl Run {
         // Table maintenance beside ingest, as in production: without it every
         // flush adds files, and ingest's and the query service's snapshots
         // (and their memory) grow with the file count.
-        let a = strings(&["compact", "--store", &store, "--interval", COMPACT_INTERVAL]);
+        // Retention off: hostile-input's events from 2001 would (rightly) expire.
+        let a = strings(&["compact", "--store", &store, "--interval", COMPACT_INTERVAL, "--retention", "0s"]);
         self.compactor = Some(Proc::new("compactor", &self.estate_bin, a, &logs));
         let auth = self.dir.join("tokens.toml");
         let mut toml = format!("[[token]]\ntoken = \"{OPERATOR_TOKEN}\"\nrole = \"operator\"\n");
