@@ -33,7 +33,6 @@ use crate::error::{Error, Result};
 use crate::truth::{PollerTruth, TenantTruth, Truth};
 use crate::verify::{self, VerifyArgs};
 
-
 /// Options of `estate scenario`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ScenarioArgs {
