@@ -156,6 +156,9 @@ impl DateCache {
     }
 }
 
+/// The most rows [`EventsBuilder::finish`] reserves room for.
+const RESERVE_ROWS: usize = 65_536;
+
 fn micros(ms: i64) -> i64 {
     ms.saturating_mul(1000)
 }
@@ -276,31 +279,43 @@ impl EventsBuilder {
         self.len += 1;
     }
 
-    /// Takes the rows held as a batch and resets the builder.
+    /// Takes the rows held as a batch and resets the builder, with room
+    /// reserved for a batch of the same shape (up to [`RESERVE_ROWS`] rows):
+    /// growing from empty by doubling would copy every column again.
     pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
-        self.len = 0;
+        let rows = std::mem::take(&mut self.len);
+        let cap = rows.min(RESERVE_ROWS);
+        let s = |b: &mut StringBuilder| -> ArrayRef {
+            let a = b.finish();
+            let per_row = a.value_data().len() / rows.max(1);
+            *b = StringBuilder::with_capacity(cap, per_row * cap);
+            Arc::new(a)
+        };
+        let i64s = |b: &mut Int64Builder| -> ArrayRef { Arc::new(std::mem::replace(b, Int64Builder::with_capacity(cap)).finish()) };
+        let i32s = |b: &mut Int32Builder| -> ArrayRef { Arc::new(std::mem::replace(b, Int32Builder::with_capacity(cap)).finish()) };
+        let tss = |b: &mut TimestampMicrosecondBuilder| -> ArrayRef { Arc::new(std::mem::replace(b, ts_builder(cap)).finish()) };
         let cols: Vec<ArrayRef> = vec![
-            Arc::new(self.tenant.finish()),
-            Arc::new(self.poller.finish()),
-            Arc::new(self.epoch.finish()),
-            Arc::new(self.seq.finish()),
-            Arc::new(self.event_id.finish()),
-            Arc::new(self.time.finish()),
-            Arc::new(self.node.finish()),
-            Arc::new(self.node_uuid.finish()),
-            Arc::new(self.event.finish()),
-            Arc::new(self.element.finish()),
-            Arc::new(self.level.finish()),
-            Arc::new(self.level_rank.finish()),
-            Arc::new(self.state.finish()),
-            Arc::new(self.details.finish()),
-            Arc::new(self.attrs.finish()),
-            Arc::new(self.ingested_at.finish()),
-            Arc::new(self.date.finish()),
-            Arc::new(self.hour.finish()),
-            Arc::new(self.src_topic.finish()),
-            Arc::new(self.src_partition.finish()),
-            Arc::new(self.src_offset.finish()),
+            s(&mut self.tenant),
+            s(&mut self.poller),
+            i64s(&mut self.epoch),
+            i64s(&mut self.seq),
+            s(&mut self.event_id),
+            tss(&mut self.time),
+            s(&mut self.node),
+            s(&mut self.node_uuid),
+            s(&mut self.event),
+            s(&mut self.element),
+            s(&mut self.level),
+            i32s(&mut self.level_rank),
+            s(&mut self.state),
+            s(&mut self.details),
+            s(&mut self.attrs),
+            tss(&mut self.ingested_at),
+            s(&mut self.date),
+            i32s(&mut self.hour),
+            s(&mut self.src_topic),
+            i32s(&mut self.src_partition),
+            i64s(&mut self.src_offset),
         ];
         RecordBatch::try_new(events_schema(), cols)
     }

@@ -1,14 +1,12 @@
 //! Wire format v1: decode, validate, normalise.
 
 use std::borrow::Cow;
-use std::fmt;
 
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::level::{Level, State};
 use crate::reason::Reason;
+use crate::scan::{RawMessage, Scalar, scan};
 use crate::tenant::is_valid_tenant;
 
 /// 2000-01-01T00:00:00Z: anything earlier is `time_out_of_range`.
@@ -166,12 +164,7 @@ pub fn derive_event_id(
 /// Decodes one Kafka message payload.
 pub fn decode<'a>(payload: &'a [u8], ctx: &DecodeContext<'_>) -> Result<Record<'a>, Rejection<'a>> {
     let text = std::str::from_utf8(payload).map_err(|_| reject(Reason::InvalidUtf8, None))?;
-    // Only a JSON object is a message (serde would also map an array onto the fields).
-    if !text.trim_start().starts_with('{') {
-        return Err(reject(Reason::InvalidJson, None));
-    }
-    let raw: RawMessage<'a> =
-        serde_json::from_str(text).map_err(|_| reject(Reason::InvalidJson, None))?;
+    let raw = scan(text).map_err(|_| reject(Reason::InvalidJson, None))?;
     let origin = raw.origin();
     if payload.len() > ctx.max_bytes {
         return Err(reject(Reason::TooLarge, origin.ok()));
@@ -258,8 +251,15 @@ fn validate<'a>(
     }
 }
 
+/// True when `s` holds a control character (C0, DEL or C1). Printable ASCII,
+/// the common case, is settled by one byte pass.
+fn has_control(s: &str) -> bool {
+    // A fold, not `any`: it vectorises, and names are short.
+    s.bytes().fold(false, |odd, b| odd | !(0x20..0x7f).contains(&b)) && s.chars().any(char::is_control)
+}
+
 fn valid_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= MAX_ID_BYTES && !s.chars().any(char::is_control)
+    !s.is_empty() && s.len() <= MAX_ID_BYTES && !has_control(s)
 }
 
 fn required_str<'a>(v: &Option<Scalar<'a>>, field: &'static str) -> Result<Cow<'a, str>, Reason> {
@@ -289,7 +289,7 @@ fn optional_name<'a>(
     match optional_str(v, field)? {
         None => Ok(None),
         Some(s) if s.is_empty() => Err(Reason::MissingField(field)),
-        Some(s) if s.len() > MAX_NAME_BYTES || s.chars().any(char::is_control) => {
+        Some(s) if s.len() > MAX_NAME_BYTES || has_control(&s) => {
             Err(Reason::InvalidField(field))
         }
         Some(s) => Ok(Some(s)),
@@ -304,9 +304,9 @@ fn level(v: &Option<Scalar<'_>>) -> Result<Level, Reason> {
     }
 }
 
-fn attrs(v: Option<&RawValue>) -> Result<Option<&str>, Reason> {
-    match v.map(RawValue::get) {
-        None | Some("null") => Ok(None),
+fn attrs(v: Option<&str>) -> Result<Option<&str>, Reason> {
+    match v {
+        None => Ok(None),
         Some(s) if s.starts_with('{') => Ok(Some(s)),
         Some(_) => Err(Reason::InvalidField("attrs")),
     }
@@ -327,46 +327,6 @@ fn time(v: &Option<Scalar<'_>>, ctx: &DecodeContext<'_>) -> Result<i64, Reason> 
     Ok(ms)
 }
 
-/// The payload as parsed, before validation. Unknown fields are ignored so
-/// that newer pollers can add fields without breaking older ingest.
-#[derive(Deserialize)]
-struct RawMessage<'a> {
-    #[serde(default)]
-    v: Option<Scalar<'a>>,
-    #[serde(default, borrow)]
-    r#type: Option<Scalar<'a>>,
-    #[serde(default, borrow)]
-    tenant: Option<Scalar<'a>>,
-    #[serde(default, borrow)]
-    poller: Option<Scalar<'a>>,
-    #[serde(default)]
-    epoch: Option<Scalar<'a>>,
-    #[serde(default)]
-    seq: Option<Scalar<'a>>,
-    #[serde(default, borrow)]
-    event_id: Option<Scalar<'a>>,
-    #[serde(default, borrow)]
-    time: Option<Scalar<'a>>,
-    #[serde(default, borrow)]
-    node: Option<Scalar<'a>>,
-    #[serde(default, borrow)]
-    node_uuid: Option<Scalar<'a>>,
-    #[serde(default, borrow)]
-    event: Option<Scalar<'a>>,
-    #[serde(default, borrow)]
-    element: Option<Scalar<'a>>,
-    #[serde(default, borrow)]
-    level: Option<Scalar<'a>>,
-    #[serde(default, borrow)]
-    state: Option<Scalar<'a>>,
-    #[serde(default, borrow)]
-    details: Option<Scalar<'a>>,
-    #[serde(default, borrow)]
-    attrs: Option<&'a RawValue>,
-    #[serde(default)]
-    spool_depth: Option<Scalar<'a>>,
-}
-
 impl<'a> RawMessage<'a> {
     fn origin(&self) -> Result<SeqRef<'a>, Reason> {
         let poller = name(&self.poller, "poller")?;
@@ -381,68 +341,6 @@ impl<'a> RawMessage<'a> {
             Some(_) => return Err(Reason::InvalidField("seq")),
         };
         Ok(SeqRef { poller, epoch, seq })
-    }
-}
-
-/// Any JSON value, kept just precisely enough to validate it with a typed
-/// reason naming the field.
-#[derive(Debug, Clone, PartialEq)]
-enum Scalar<'a> {
-    Null,
-    Bool,
-    Int(i64),
-    Other,
-    Str(Cow<'a, str>),
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(ScalarVisitor(std::marker::PhantomData))
-    }
-}
-
-struct ScalarVisitor<'a>(std::marker::PhantomData<&'a ()>);
-
-impl<'de: 'a, 'a> Visitor<'de> for ScalarVisitor<'a> {
-    type Value = Scalar<'a>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(Scalar::Null)
-    }
-    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(Scalar::Null)
-    }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(Scalar::Bool)
-    }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-        Ok(Scalar::Int(v))
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-        Ok(i64::try_from(v).map_or(Scalar::Other, Scalar::Int))
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(Scalar::Other)
-    }
-    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-        Ok(Scalar::Str(Cow::Borrowed(v)))
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(Scalar::Str(Cow::Owned(v.to_owned())))
-    }
-    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-        Ok(Scalar::Str(Cow::Owned(v)))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Scalar::Other)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(Scalar::Other)
     }
 }
 

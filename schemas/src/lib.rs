@@ -20,10 +20,13 @@
 
 mod batch;
 mod decode;
-#[cfg(feature = "fuzzing")]
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
 mod level;
 mod reason;
+#[cfg(test)]
+mod reference;
+mod scan;
 mod stateful;
 mod tenant;
 

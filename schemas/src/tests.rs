@@ -167,3 +167,70 @@ proptest! {
         let _ = decode(&bytes, &ctx(Some("acme")));
     }
 }
+
+/// Wire messages that exercise the scanner: escapes, surrogate pairs,
+/// nesting, numbers at the edges of `i64`, nulls and unknown fields.
+const SCAN_SEEDS: &[&[u8]] = &[
+    br#"{"v":1,"type":"event","tenant":"acme","poller":"p1","epoch":3,"seq":1842,"event_id":"5f0c6c0e9a2b4f1d","time":"2025-11-23T19:57:00.123Z","node":"core-rtr-1","node_uuid":"8d1e","event":"Node Down","element":"","level":"critical","state":"DOWN","details":"Ping failed","attrs":{"location":"Sydney","tags":["a",{"b":[1,2.5e3,-0]}]}}"#,
+    br#" { "v" : 1 , "type":"node","poller":"p","epoch":0,"seq":1,"time":1764000000000,"node":"n\u00e9\ud83d\udca5","level":"Minor","attrs":null,"extra":{"x":[true,false,null,"\"q\\"]}} "#,
+    br#"{"v":1,"type":"heartbeat","poller":"p\/x","epoch":9223372036854775807,"seq":-9223372036854775808,"time":1.5,"spool_depth":18446744073709551616}"#,
+    br#"{"v":null,"type":"event","details":"tab\there\nnew \b\f\r","unknown":"\udc00 lone","time":-0,"seq":1e400}"#,
+    br#"{}"#,
+    br#"{"v":1,"v":1}"#,
+];
+
+const SCAN_DICT: &[&[u8]] = &[
+    b"{", b"}", b"[", b"]", b",", b":", b"\"", b"\\", b"\\u", b"\\ud83d", b"\\udca5", b"\\u0076", b"null", b"true",
+    b"false", b"-", b"0", b"1e", b"E+", b".", b"9223372036854775808", b" ", b"\t", b"\n", b"\"v\":", b"\"attrs\":",
+    b"\"seq\":", b"\"time\":", b"\xc3\xa9", b"\x01",
+];
+
+/// Differential: the scanner accepts exactly what the serde-derived
+/// reference accepts, and reads the same fields.
+#[test]
+fn fuzz_scanner_matches_serde() {
+    use crate::fuzz::{Mutator, run};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static ACCEPTED: AtomicU64 = AtomicU64::new(0);
+    for seed in SCAN_SEEDS {
+        let text = std::str::from_utf8(seed).unwrap();
+        assert_eq!(crate::scan::scan(text).ok(), crate::reference::parse(text), "seed {text}");
+    }
+    let m = Mutator { seeds: SCAN_SEEDS, dict: SCAN_DICT };
+    let n = run("scanner", 300_000, move |rng| m.input(rng), |data| {
+        let Ok(text) = std::str::from_utf8(data) else { return };
+        let ours = crate::scan::scan(text).ok();
+        assert_eq!(ours, crate::reference::parse(text), "input {text:?}");
+        if ours.is_some() {
+            ACCEPTED.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    // The check is only meaningful if some mutated inputs still parse (about
+    // 2 % do: most mutations break the JSON, and both sides must agree on that).
+    let accepted = ACCEPTED.load(Ordering::Relaxed);
+    assert!(accepted * 200 > n, "only {accepted} of {n} inputs parsed");
+}
+
+#[test]
+fn scanner_edge_cases() {
+    use crate::scan::{Scalar, scan};
+    let m = scan(r#"{"epoch":-0,"seq":9223372036854775807,"v":-9223372036854775808,"time":18446744073709551615}"#).unwrap();
+    assert_eq!(m.epoch, Some(Scalar::Other));
+    assert_eq!(m.seq, Some(Scalar::Int(i64::MAX)));
+    assert_eq!(m.v, Some(Scalar::Int(i64::MIN)));
+    assert_eq!(m.time, Some(Scalar::Other));
+    assert!(scan(r#"{"seq":1e400}"#).is_err(), "f64 overflow");
+    assert!(scan(r#"{"seq":01}"#).is_err(), "leading zero");
+    assert!(scan(r#"{"v":1,"v":null}"#).is_err(), "repeated known field");
+    assert!(scan(r#"{"x":1,"x":2}"#).is_ok(), "repeated unknown field");
+    assert!(scan(r#"{"node":"\ud800"}"#).is_err(), "lone surrogate in a known field");
+    assert!(scan(r#"{"x":"\ud800"}"#).is_ok(), "only hex-checked in a skipped value");
+    assert!(scan("{\"node\":\"a\tb\"}").is_err(), "raw control character");
+    assert!(scan(r#"{} x"#).is_err(), "trailing characters");
+    assert!(scan(r#"[1]"#).is_err(), "not an object");
+    let deep = format!("{{\"attrs\":{}1{}}}", "[".repeat(100_000), "]".repeat(100_000));
+    assert!(scan(&deep).is_ok(), "deep nesting is skipped without recursion");
+    let m = scan(r#"{"node":"caf\u00e9 \ud83d\udca5 \"x\"","attrs": {"a":[1]} }"#).unwrap();
+    assert_eq!(m.node, Some(Scalar::Str("café 💥 \"x\"".into())));
+    assert_eq!(m.attrs, Some(r#"{"a":[1]}"#));
+}
