@@ -168,9 +168,14 @@ fn is_no_topic_yet(e: &rdkafka::error::KafkaError) -> bool {
 }
 
 pub(crate) fn run_loop(consumer: IngestConsumer, pipeline: Arc<Mutex<Pipeline>>, shutdown: Arc<AtomicBool>) {
+    let started = std::time::Instant::now();
+    let mut first = true;
     while !shutdown.load(Ordering::Relaxed) {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
+                if std::mem::take(&mut first) {
+                    tracing::debug!(after = ?started.elapsed(), "first message");
+                }
                 let mut p = lock(&pipeline);
                 p.process(m.topic(), m.partition(), m.offset(), m.key(), m.payload().unwrap_or(&[]));
                 if p.flush_due() {

@@ -192,12 +192,14 @@ fn count(brokers: &str, topic: &str, events: u64, opts: &[String]) -> anyhow::Re
     let started = Instant::now();
     let mut n = 0u64;
     let mut bytes = 0u64;
+    let mut first = None;
     while n < events {
         if started.elapsed() > std::time::Duration::from_secs(1800) {
             anyhow::bail!("counted only {n} of {events} messages in 30 minutes");
         }
         match c.poll(std::time::Duration::from_millis(100)) {
             Some(Ok(m)) => {
+                first.get_or_insert_with(|| started.elapsed().as_secs_f64());
                 n += 1;
                 bytes += rdkafka::Message::payload(&m).map_or(0, <[u8]>::len) as u64;
             }
@@ -206,6 +208,6 @@ fn count(brokers: &str, topic: &str, events: u64, opts: &[String]) -> anyhow::Re
         }
     }
     let secs = started.elapsed().as_secs_f64();
-    println!("{}", serde_json::json!({"messages": n, "bytes": bytes, "seconds": secs, "messages_per_s": n as f64 / secs}));
+    println!("{}", serde_json::json!({"messages": n, "bytes": bytes, "seconds": secs, "first_message_s": first, "messages_per_s": n as f64 / secs}));
     Ok(())
 }
