@@ -4,8 +4,9 @@
 #   scripts/fuzz.sh [SECONDS_PER_TARGET]      (default 60)
 #
 # Targets (see docs/reliability.md, "Fuzzing"):
-# - nmis_line, spool_records, spool_open (estate-poller unit tests) and
-#   guard, guard_variants (estate-query unit tests): the stable-toolchain
+# - scanner (estate-schemas unit tests: the wire scanner against its serde
+#   reference), nmis_line, spool_records, spool_open (estate-poller unit
+#   tests) and guard, guard_variants (estate-query unit tests): the stable-toolchain
 #   mutation fuzzer of schemas/src/fuzz.rs (feature `fuzzing`), run for SECONDS each through
 #   ESTATE_FUZZ_SECONDS (ESTATE_FUZZ_SEED=<u64> replays a seed). Debug
 #   builds: the same ones `cargo test` uses, so nothing extra is compiled.
@@ -21,7 +22,7 @@ secs=${1:-60}
 [[ $secs =~ ^[0-9]+$ ]] || { echo "usage: $0 [SECONDS_PER_TARGET]" >&2; exit 2; }
 failed=0
 
-for crate in estate-poller estate-query; do
+for crate in estate-schemas estate-poller estate-query; do
     echo "== $crate: ${secs} s per target"
     # Built per crate (not -p a -p b: unified features would rebuild deps).
     cargo test -p "$crate" --lib --locked --no-run 2>&1 | tail -n 1
