@@ -14,7 +14,7 @@
 //! EXPLAIN output or any error message of that session.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use deltalake::DeltaTable;
@@ -40,15 +40,7 @@ pub struct Pinned {
     by_tenant: HashMap<String, Vec<String>>,
     /// Active files in the table.
     pub files: usize,
-    /// Table providers already built from this version, per principal:
-    /// building one replays the snapshot's file list, and a version serves
-    /// many queries. Dropped with the version.
-    providers: Mutex<HashMap<Principal, Arc<dyn TableProvider>>>,
 }
-
-/// Principals whose providers one version keeps (tokens are few; this only
-/// bounds a misconfiguration).
-const MAX_CACHED_PROVIDERS: usize = 256;
 
 impl Pinned {
     /// Active files a principal may read.
@@ -157,14 +149,7 @@ impl Catalog {
             let tenant = f.partition_values_map().remove("tenant").flatten().unwrap_or_default();
             by_tenant.entry(tenant).or_default().push(f.path().into_owned());
         }
-        Ok(Pinned {
-            version: version as i64,
-            snapshot: Arc::new(snapshot),
-            log_store: table.log_store(),
-            by_tenant,
-            files,
-            providers: Mutex::default(),
-        })
+        Ok(Pinned { version: version as i64, snapshot: Arc::new(snapshot), log_store: table.log_store(), by_tenant, files })
     }
 
     /// The snapshots of every table as they were at `as_of`: the last version
@@ -285,9 +270,6 @@ pub async fn provider(
     let Some(p) = pinned else {
         return Ok(Arc::new(MemTable::try_new(kind.schema(), vec![vec![]])?));
     };
-    if let Some(t) = p.providers.lock().expect("provider cache").get(principal) {
-        return Ok(t.clone());
-    }
     let mut builder = DeltaScanNext::builder()
         .with_log_store(p.log_store.clone())
         .with_eager_snapshot(p.snapshot.clone());
@@ -295,73 +277,5 @@ pub async fn provider(
         let paths = p.by_tenant.get(t).cloned().unwrap_or_default();
         builder = builder.with_file_selection(FileSelection::from_file_paths(paths));
     }
-    let table: Arc<dyn TableProvider> = Arc::new(builder.build().await?);
-    let mut cache = p.providers.lock().expect("provider cache");
-    if cache.len() < MAX_CACHED_PROVIDERS {
-        cache.insert(principal.clone(), table.clone());
-    }
-    Ok(table)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use deltalake::datafusion::prelude::SessionContext;
-    use estate_ingest::DeltaSink;
-    use estate_schemas::{DecodeContext, EventsBuilder, Record, Source};
-
-    /// A cached provider is reused for the same principal and version, and
-    /// is never handed to another principal: each still reads only its files.
-    #[tokio::test]
-    async fn providers_are_cached_per_principal_and_version() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().to_str().unwrap(), HashMap::new(), None).unwrap();
-        let now = 1_790_000_000_000i64;
-        let mut b = EventsBuilder::default();
-        for (i, tenant) in ["acme", "acme", "globex"].into_iter().enumerate() {
-            let m = format!(
-                r#"{{"v":1,"type":"event","poller":"p","epoch":1,"seq":{s},"time":{now},"node":"n{i}","event":"Node Down","level":"Major"}}"#,
-                s = i + 1
-            );
-            let ctx = DecodeContext { tenant: Some(tenant), max_bytes: 1 << 20, now_ms: now, max_future_ms: 0 };
-            let Ok(Record::Event(e)) = estate_schemas::decode(m.as_bytes(), &ctx) else { panic!("{m}") };
-            b.append(tenant, &e, now, Source { topic: "estate.events", partition: 0, offset: i as i64 });
-        }
-        let mut sink = DeltaSink::open(&store, TableKind::Events).await.unwrap();
-        sink.commit_fenced(&[], &[b.finish().unwrap()]).await.unwrap();
-
-        let catalog = Catalog::open(store).await.unwrap();
-        let snaps = catalog.snapshots();
-        let pinned = snaps.get(TableKind::Events);
-        assert!(pinned.is_some(), "the events table is loaded");
-        let acme = Principal::Tenant("acme".into());
-        let globex = Principal::Tenant("globex".into());
-        let a1 = provider(TableKind::Events, pinned, &acme).await.unwrap();
-        let a2 = provider(TableKind::Events, pinned, &acme).await.unwrap();
-        let g = provider(TableKind::Events, pinned, &globex).await.unwrap();
-        let op = provider(TableKind::Events, pinned, &Principal::Operator).await.unwrap();
-        assert!(Arc::ptr_eq(&a1, &a2), "same principal and version: the cached provider");
-        assert!(!Arc::ptr_eq(&a1, &g) && !Arc::ptr_eq(&a1, &op), "other principals get their own");
-
-        // The tenant of every row a provider reads.
-        let tenants = |t: Arc<dyn TableProvider>| async move {
-            use deltalake::arrow::array::{Array, StringArray};
-            use deltalake::arrow::datatypes::DataType;
-            let ctx = SessionContext::new();
-            ctx.register_table("events", t).unwrap();
-            let batches = ctx.sql("SELECT tenant FROM events").await.unwrap().collect().await.unwrap();
-            let mut out = Vec::new();
-            for b in batches {
-                let col = deltalake::arrow::compute::cast(b.column(0), &DataType::Utf8).unwrap();
-                let col = col.as_any().downcast_ref::<StringArray>().unwrap();
-                out.extend((0..col.len()).map(|i| col.value(i).to_owned()));
-            }
-            out.sort();
-            out
-        };
-        assert_eq!(tenants(a1).await, ["acme", "acme"]);
-        assert_eq!(tenants(a2).await, ["acme", "acme"]);
-        assert_eq!(tenants(g).await, ["globex"]);
-        assert_eq!(tenants(op).await, ["acme", "acme", "globex"]);
-    }
+    Ok(Arc::new(builder.build().await?))
 }
