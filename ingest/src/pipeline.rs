@@ -17,8 +17,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deltalake::arrow::array::RecordBatch;
-use deltalake::arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
+use deltalake::arrow::array::{ArrayRef, RecordBatch, UInt32Array};
+use deltalake::arrow::compute::{concat_batches, take_record_batch};
+use deltalake::arrow::error::ArrowError;
+use deltalake::arrow::row::{RowConverter, SortField};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
@@ -501,12 +503,75 @@ fn merge<'a>(kind: TableKind, batches: impl Iterator<Item = &'a RecordBatch>) ->
     if kind != TableKind::Events || merged.num_rows() < 2 {
         return Ok(vec![merged]);
     }
-    let cols: Vec<SortColumn> = ["tenant", "date", "node", "event", "element", "time"]
+    let cols: Vec<ArrayRef> = EVENTS_SORT_KEY
         .iter()
-        .map(|c| SortColumn { values: merged.column_by_name(c).expect("events column").clone(), options: None })
+        .map(|c| merged.column_by_name(c).expect("events column").clone())
         .collect();
-    let idx = lexsort_to_indices(&cols, None)?;
+    let idx = sort_indices(&cols)?;
     Ok(vec![take_record_batch(&merged, &idx)?])
+}
+
+/// The order `events` rows are written in.
+const EVENTS_SORT_KEY: [&str; 6] = ["tenant", "date", "node", "event", "element", "time"];
+
+/// The row order of `cols` ascending, nulls first (as `lexsort_to_indices`
+/// with default options), computed on Arrow's row format: one byte-string
+/// comparison per pair instead of one typed comparison per column, several
+/// times faster on these string keys.
+fn sort_indices(cols: &[ArrayRef]) -> std::result::Result<UInt32Array, ArrowError> {
+    let conv = RowConverter::new(cols.iter().map(|c| SortField::new(c.data_type().clone())).collect())?;
+    let rows = conv.convert_columns(cols)?;
+    let n = u32::try_from(rows.num_rows()).map_err(|_| ArrowError::ComputeError("batch too large to sort".into()))?;
+    let mut idx: Vec<u32> = (0..n).collect();
+    idx.sort_unstable_by(|a, b| rows.row(*a as usize).cmp(&rows.row(*b as usize)));
+    Ok(UInt32Array::from(idx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deltalake::arrow::array::{Array, StringArray, TimestampMicrosecondArray};
+    use deltalake::arrow::compute::{SortColumn, lexsort_to_indices};
+
+    /// The row-format sort orders exactly as `lexsort_to_indices`, nulls and
+    /// ties included.
+    #[test]
+    fn sort_indices_matches_lexsort() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let n = 5_000;
+        let s = |next: &mut dyn FnMut(u64) -> u64, k: u64| -> ArrayRef {
+            Arc::new((0..n).map(|_| (next(10) > 0).then(|| format!("v{}", next(k)))).collect::<StringArray>())
+        };
+        let cols: Vec<ArrayRef> = vec![
+            s(&mut next, 3),
+            s(&mut next, 2),
+            s(&mut next, 50),
+            s(&mut next, 7),
+            s(&mut next, 4),
+            Arc::new((0..n).map(|_| (next(10) > 0).then(|| next(20) as i64)).collect::<TimestampMicrosecondArray>().with_timezone("UTC")),
+        ];
+        let ours = sort_indices(&cols).unwrap();
+        let want = lexsort_to_indices(&cols.iter().map(|c| SortColumn { values: c.clone(), options: None }).collect::<Vec<_>>(), None).unwrap();
+        assert_eq!(ours.len(), n);
+        // Ties may come in any order; the sorted keys must be identical.
+        let key = |i: u32| cols.iter().map(|c| {
+            let a = c.slice(i as usize, 1);
+            format!("{a:?}")
+        }).collect::<Vec<_>>();
+        for (a, b) in ours.values().iter().zip(want.values()) {
+            assert_eq!(key(*a), key(*b));
+        }
+        let mut seen = ours.values().to_vec();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..n as u32).collect::<Vec<_>>(), "a permutation");
+        assert!(ours.null_count() == 0);
+    }
 }
 
 fn rfc3339(ms: i64) -> String {
