@@ -527,6 +527,37 @@ fn sort_indices(cols: &[ArrayRef]) -> std::result::Result<UInt32Array, ArrowErro
     Ok(UInt32Array::from(idx))
 }
 
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .unwrap_or_default()
+}
+
+/// The group's committed offsets of some partitions (`None` where unknown).
+fn kafka_committed<C: ConsumerContext>(consumer: &BaseConsumer<C>, tps: &[(String, i32)]) -> Vec<(String, i32, Option<i64>)> {
+    let mut tpl = TopicPartitionList::new();
+    for (t, p) in tps {
+        tpl.add_partition(t, *p);
+    }
+    match consumer.committed_offsets(tpl, Duration::from_secs(10)) {
+        Ok(list) => list
+            .elements()
+            .iter()
+            .map(|e| {
+                let off = match e.offset() {
+                    Offset::Offset(o) if o >= 0 => Some(o),
+                    _ => None,
+                };
+                (e.topic().to_owned(), e.partition(), off)
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading committed offsets failed; resuming from the tables alone");
+            tps.iter().map(|(t, p)| (t.clone(), *p, None)).collect()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -571,36 +602,5 @@ mod tests {
         seen.sort_unstable();
         assert_eq!(seen, (0..n as u32).collect::<Vec<_>>(), "a permutation");
         assert!(ours.null_count() == 0);
-    }
-}
-
-fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
-        .unwrap_or_default()
-}
-
-/// The group's committed offsets of some partitions (`None` where unknown).
-fn kafka_committed<C: ConsumerContext>(consumer: &BaseConsumer<C>, tps: &[(String, i32)]) -> Vec<(String, i32, Option<i64>)> {
-    let mut tpl = TopicPartitionList::new();
-    for (t, p) in tps {
-        tpl.add_partition(t, *p);
-    }
-    match consumer.committed_offsets(tpl, Duration::from_secs(10)) {
-        Ok(list) => list
-            .elements()
-            .iter()
-            .map(|e| {
-                let off = match e.offset() {
-                    Offset::Offset(o) if o >= 0 => Some(o),
-                    _ => None,
-                };
-                (e.topic().to_owned(), e.partition(), off)
-            })
-            .collect(),
-        Err(e) => {
-            tracing::warn!(error = %e, "reading committed offsets failed; resuming from the tables alone");
-            tps.iter().map(|(t, p)| (t.clone(), *p, None)).collect()
-        }
     }
 }

@@ -217,13 +217,10 @@ impl<'a> Scanner<'a> {
     }
 
     fn literal(&mut self, word: &[u8], v: Scalar<'a>) -> Res<Scalar<'a>> {
-        if self.b[self.pos..].starts_with(word) {
-            self.pos += word.len();
-            Ok(v)
-        } else {
-            Err(Invalid)
-        }
+        self.rest(word)?;
+        Ok(v)
     }
+
 
     /// The rest of a string whose opening quote has been read. Borrowed
     /// unless it holds escapes.
@@ -468,6 +465,7 @@ impl<'a> Scanner<'a> {
         self.expect(b':')
     }
 
+    /// Exactly `tail` next (the rest of a literal).
     fn rest(&mut self, tail: &[u8]) -> Res<()> {
         if self.b[self.pos..].starts_with(tail) {
             self.pos += tail.len();
