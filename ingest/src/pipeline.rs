@@ -516,8 +516,8 @@ const EVENTS_SORT_KEY: [&str; 6] = ["tenant", "date", "node", "event", "element"
 
 /// The row order of `cols` ascending, nulls first (as `lexsort_to_indices`
 /// with default options), computed on Arrow's row format: one byte-string
-/// comparison per pair instead of one typed comparison per column, several
-/// times faster on these string keys.
+/// comparison per pair instead of one typed comparison per column (in
+/// ingest's end-to-end profile, `memcmp` fell from 7 % to 4.4 % of CPU).
 fn sort_indices(cols: &[ArrayRef]) -> std::result::Result<UInt32Array, ArrowError> {
     let conv = RowConverter::new(cols.iter().map(|c| SortField::new(c.data_type().clone())).collect())?;
     let rows = conv.convert_columns(cols)?;

@@ -221,7 +221,6 @@ impl<'a> Scanner<'a> {
         Ok(v)
     }
 
-
     /// The rest of a string whose opening quote has been read. Borrowed
     /// unless it holds escapes.
     fn string(&mut self) -> Res<Cow<'a, str>> {
