@@ -43,7 +43,7 @@ for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; s
 for t in estate.events:6 estate.dlq:1 estate.deduped:2; do
   "$TANSU" topic create --broker "tcp://127.0.0.1:$PORT" --partitions "${t#*:}" "${t%%:*}" >/dev/null
 done
-"$BENCH" fill --brokers "127.0.0.1:$PORT" --events "$N"
+"$BENCH" fill --brokers "127.0.0.1:$PORT" --events "$N" >/dev/null
 # tansu's speed varies from run to run by more than the difference being
 # measured, so the two sides alternate, RUNS times, each in a new consumer
 # group (and estate into a new store); the median ratio is reported.

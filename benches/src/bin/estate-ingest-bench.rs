@@ -36,7 +36,9 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
-    /// Produce the NMIS mix to a topic (idempotent, acks=all), keyed by tenant.
+    /// A plain rdkafka producer (idempotent, acks=all, lz4, linger 20 ms):
+    /// produces the NMIS mix, or the lines of `--input`, keyed by tenant,
+    /// waits for every acknowledgement and prints one JSON line of figures.
     Fill {
         /// Bootstrap servers.
         #[arg(long)]
@@ -44,9 +46,21 @@ enum Cmd {
         /// Topic.
         #[arg(long, default_value = "estate.events")]
         topic: String,
-        /// Messages.
+        /// Messages (of the generated mix; ignored with `--input`).
         #[arg(long, default_value_t = 200_000)]
         events: usize,
+        /// NDJSON file whose lines are produced as they are.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// One key for every message instead of its tenant (as one poller
+        /// agent, which keys by its own tenant, would send them).
+        #[arg(long)]
+        key: Option<String>,
+        /// Add the three headers a poller agent puts on each record
+        /// (`estate-poller`, `estate-epoch`, `estate-seq`), so that the
+        /// records are the agent's, byte for byte.
+        #[arg(long)]
+        poller_headers: bool,
     },
     /// The ceiling: a plain rdkafka consumer that only counts messages from
     /// the start of a topic, until it has seen `--events`; prints messages/s.
@@ -104,7 +118,20 @@ fn main() -> anyhow::Result<()> {
             w.flush()?;
             eprintln!("wrote {} messages to {}", msgs.len(), out.display());
         }
-        Cmd::Fill { brokers, topic, events } => fill(&brokers, &topic, events)?,
+        Cmd::Fill { brokers, topic, events, input, key, poller_headers } => {
+            let mut msgs = match input {
+                Some(path) => std::fs::read(path)?
+                    .split(|b| *b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .map(|l| Message { key: tenant_of(l), payload: l.to_vec() })
+                    .collect(),
+                None => pipeline::nmis_messages(events, 1, NOW_MS),
+            };
+            if let Some(k) = key {
+                msgs.iter_mut().for_each(|m| m.key = Some(k.clone().into_bytes()));
+            }
+            fill(&brokers, &topic, &msgs, poller_headers)?;
+        }
         Cmd::Count { brokers, topic, events, consumer_opts } => count(&brokers, &topic, events, &consumer_opts)?,
         Cmd::Convert { input, out, flush_rows } => {
             let started = Instant::now();
@@ -144,7 +171,8 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn fill(brokers: &str, topic: &str, events: usize) -> anyhow::Result<()> {
+fn fill(brokers: &str, topic: &str, msgs: &[Message], poller_headers: bool) -> anyhow::Result<()> {
+    use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     let p: BaseProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -153,12 +181,20 @@ fn fill(brokers: &str, topic: &str, events: usize) -> anyhow::Result<()> {
         .set("linger.ms", "20")
         .set("compression.type", "lz4")
         .create()?;
-    let msgs = pipeline::nmis_messages(events, 1, NOW_MS);
     let started = Instant::now();
-    for m in &msgs {
+    for (i, m) in msgs.iter().enumerate() {
         let mut rec = BaseRecord::to(topic).payload(&m.payload);
         if let Some(k) = &m.key {
             rec = rec.key(k);
+        }
+        if poller_headers {
+            let seq = (i + 1).to_string();
+            rec = rec.headers(
+                OwnedHeaders::new_with_capacity(3)
+                    .insert(Header { key: estate_poller::HEADER_POLLER, value: Some("bench") })
+                    .insert(Header { key: estate_poller::HEADER_EPOCH, value: Some("1") })
+                    .insert(Header { key: estate_poller::HEADER_SEQ, value: Some(seq.as_str()) }),
+            );
         }
         loop {
             match p.send(rec) {
@@ -172,7 +208,16 @@ fn fill(brokers: &str, topic: &str, events: usize) -> anyhow::Result<()> {
         }
     }
     p.flush(std::time::Duration::from_secs(300))?;
-    eprintln!("produced {} messages in {:.1} s", msgs.len(), started.elapsed().as_secs_f64());
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!("produced {} messages in {secs:.1} s", msgs.len());
+    let bytes: usize = msgs.iter().map(|m| m.payload.len()).sum();
+    let report = serde_json::json!({
+        "messages": msgs.len(),
+        "payload_bytes": bytes,
+        "seconds": secs,
+        "messages_per_s": msgs.len() as f64 / secs,
+    });
+    println!("{report}");
     Ok(())
 }
 
