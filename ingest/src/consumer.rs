@@ -1,8 +1,7 @@
 //! The Kafka consumer-group member: a dedicated thread polls, processes and
-//! starts flushes (a runtime task commits each one while this thread reads
-//! on; see `pipeline`); the rebalance callback (which runs on that same
-//! thread, inside `poll`) resumes assigned partitions from the tables and
-//! flushes revoked ones, waiting for their commit, before letting go.
+//! flushes; the rebalance callback (which runs on that same thread, inside
+//! `poll`) resumes assigned partitions from the tables and flushes revoked
+//! ones before letting go.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -179,16 +178,23 @@ pub(crate) fn run_loop(consumer: IngestConsumer, pipeline: Arc<Mutex<Pipeline>>,
                 }
                 let mut p = lock(&pipeline);
                 p.process(m.topic(), m.partition(), m.offset(), m.key(), m.payload().unwrap_or(&[]));
-                p.tick(&consumer);
+                if p.flush_due() {
+                    p.flush(&consumer);
+                }
             }
             // Reported with its topic by the `error` callback above.
             Some(Err(e)) if is_no_topic_yet(&e) => tracing::debug!(error = %e, "consumer: unknown topic"),
             Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
-            None => lock(&pipeline).tick(&consumer),
+            None => {
+                let mut p = lock(&pipeline);
+                if p.flush_due() {
+                    p.flush(&consumer);
+                }
+            }
         }
     }
     tracing::info!("shutting down: flushing and leaving the group");
-    lock(&pipeline).flush_and_settle(&consumer);
+    lock(&pipeline).flush(&consumer);
     consumer.unsubscribe();
     // Serve the revocation callback so the group rebalances promptly.
     for _ in 0..20 {

@@ -73,9 +73,6 @@ pub enum Error {
         /// What went wrong, and how far it got.
         detail: String,
     },
-    /// A broken internal invariant: a bug.
-    #[error("internal: {0}")]
-    Internal(String),
     /// I/O error.
     #[error("{what}: {source}")]
     Io {
@@ -99,7 +96,7 @@ impl Error {
             | Error::Dlq { .. } => {
                 ErrorKind::External
             }
-            Error::Arrow(_) | Error::Internal(_) => ErrorKind::Internal,
+            Error::Arrow(_) => ErrorKind::Internal,
         }
     }
 

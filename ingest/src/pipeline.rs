@@ -1,30 +1,20 @@
 //! The pipeline of one ingest instance: the partitions it owns, the four
 //! Delta sinks, and the flush that commits them.
 //!
-//! A flush freezes what is pending in every partition (one [`FlushJob`]) and
-//! hands it to a commit thread, while the consumer thread goes on reading
-//! into fresh buffers. (A thread of its own, not a runtime worker: Parquet
-//! encoding is CPU work that must not stall the query service's tasks when
-//! both share a runtime, as in `estate standalone`.) The job runs, in order:
+//! A flush runs, in order:
 //! 1. publish pending DLQ records and wait for every acknowledgement;
 //! 2. for each table, one fenced Delta commit carrying every partition's
-//!    offset (`events`, `nodes`, `heartbeats`, then `receipts`), while the
-//!    newly stored events are published to the deduplicated stream.
+//!    offset (`events`, `nodes`, `heartbeats`, then `receipts`);
+//! 3. publish the newly stored events to the deduplicated stream;
+//! 4. commit the Kafka offsets (a hint, and the deduplicated stream's
+//!    watermark).
 //!
-//! At most one job is in flight. When it has finished, the consumer thread
-//! *settles* it: it advances the partitions' watermarks to the offsets the
-//! job committed, commits the Kafka offsets (a hint, and the deduplicated
-//! stream's watermark) and publishes the counters. Only then can the next
-//! job start, so each job's fenced claims expect exactly what the previous
-//! one committed. Assigning and revoking partitions, and shutting down,
-//! settle the job in flight first.
-//!
-//! Any partition whose job could not complete is *reset*: its state
-//! (including what was read after the job started) is dropped and rebuilt
-//! from the tables, and the consumer is seeked back to where the tables say
-//! it stands. Nothing is ever dropped: what was not committed is read again.
+//! Any partition whose flush cannot complete is *reset*: its pending state is
+//! dropped and rebuilt from the tables, and the consumer is seeked back to
+//! where the tables say it stands. Nothing is ever dropped: what was not
+//! committed is read again.
 
-use std::sync::{Arc, mpsc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deltalake::arrow::array::{ArrayRef, RecordBatch, UInt32Array};
@@ -39,7 +29,7 @@ use tokio::runtime::Handle;
 use crate::error::{Error, Result};
 use crate::kafka::{OutRecord, publish_all};
 use crate::metrics::{Metrics, label};
-use crate::partition::{Counts, DedupedRecord, DlqRecord, PartitionState, ProcessConfig, TopicPartition};
+use crate::partition::{DedupedRecord, PartitionState, ProcessConfig, TopicPartition};
 use crate::restore;
 use crate::store::Store;
 use crate::table::{CommitOutcome, DeltaSink, TableKind, TxnClaim, app_id};
@@ -69,92 +59,14 @@ pub(crate) struct PipelineConfig {
     pub source_id: Option<String>,
 }
 
-/// One partition's share of a flush, frozen when the flush started.
-struct JobPart {
-    tp: TopicPartition,
-    /// The offset each table held when the job started (its fenced claim's
-    /// expectation).
-    expected: [i64; 4],
-    /// The last offset read when the job started: what every committed
-    /// table holds afterwards.
-    target: i64,
-    /// New rows per table.
-    batches: [Option<RecordBatch>; 4],
-    dlq: Vec<DlqRecord>,
-    deduped: Vec<DedupedRecord>,
-    counts: Counts,
-    /// Which tables the job committed up to `target`.
-    committed: [bool; 4],
-    /// The job could not complete for this partition: re-read it.
-    reset: bool,
-}
-
-impl JobPart {
-    fn behind(&self, t: TableKind) -> bool {
-        !self.reset && self.target > self.expected[t.idx()]
-    }
-}
-
-/// A flush on its way to the tables.
-struct FlushJob {
-    parts: Vec<JobPart>,
-    /// When each table was last committed (for idle commits); updated by
-    /// the job.
-    last_commit: [Instant; 4],
-    started: Instant,
-    /// How long the table commits took.
-    tables_took: Duration,
-    committed_any: bool,
-}
-
-/// What a commit task needs besides its job; handed back when it ends.
-struct Committer {
-    cfg: Arc<PipelineConfig>,
-    sinks: Vec<DeltaSink>,
-    producer: FutureProducer,
-    metrics: Arc<Metrics>,
-}
-
-/// The thread that runs flush jobs, one at a time, in order.
-struct CommitThread {
-    jobs: mpsc::Sender<(Committer, FlushJob)>,
-    done: mpsc::Receiver<(Committer, FlushJob)>,
-}
-
-impl CommitThread {
-    /// Starts the thread; it ends when the pipeline (the jobs' sender) goes.
-    fn start(rt: Handle) -> Result<CommitThread> {
-        let (jobs, todo) = mpsc::channel::<(Committer, FlushJob)>();
-        let (finished, done) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("estate-ingest-commit".into())
-            .spawn(move || {
-                for (c, job) in todo {
-                    if finished.send(rt.block_on(run_job(c, job))).is_err() {
-                        break;
-                    }
-                }
-            })
-            .map_err(|source| Error::Io { what: "starting the commit thread".into(), source })?;
-        Ok(CommitThread { jobs, done })
-    }
-}
-
 /// The pipeline.
 pub(crate) struct Pipeline {
-    cfg: Arc<PipelineConfig>,
+    cfg: PipelineConfig,
     rt: Handle,
-    store: Store,
-    producer: FutureProducer,
-    /// The sinks, here when no job is in flight.
-    committer: Option<Committer>,
-    /// Runs the jobs (`None` if it could not be restarted after a panic:
-    /// jobs then run on the consumer thread).
-    commit_thread: Option<CommitThread>,
-    /// A job was handed to the commit thread and not yet settled.
-    inflight: bool,
+    sinks: Vec<DeltaSink>,
     parts: Vec<PartitionState>,
     last_part: usize,
+    producer: FutureProducer,
     metrics: Arc<Metrics>,
     last_flush: Instant,
     last_commit: [Instant; 4],
@@ -163,11 +75,7 @@ pub(crate) struct Pipeline {
 
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pipeline")
-            .field("partitions", &self.parts.len())
-            .field("pending", &self.pending)
-            .field("job_in_flight", &self.inflight)
-            .finish()
+        f.debug_struct("Pipeline").field("partitions", &self.parts.len()).field("pending", &self.pending).finish()
     }
 }
 
@@ -175,14 +83,6 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-async fn open_sinks(store: &Store) -> Result<Vec<DeltaSink>> {
-    let mut sinks = Vec::with_capacity(4);
-    for kind in TableKind::ALL {
-        sinks.push(DeltaSink::open(store, kind).await?);
-    }
-    Ok(sinks)
 }
 
 impl Pipeline {
@@ -193,18 +93,17 @@ impl Pipeline {
         producer: FutureProducer,
         metrics: Arc<Metrics>,
     ) -> Result<Pipeline> {
-        let sinks = open_sinks(store).await?;
-        let cfg = Arc::new(cfg);
+        let mut sinks = Vec::with_capacity(4);
+        for kind in TableKind::ALL {
+            sinks.push(DeltaSink::open(store, kind).await?);
+        }
         Ok(Pipeline {
-            committer: Some(Committer { cfg: cfg.clone(), sinks, producer: producer.clone(), metrics: metrics.clone() }),
-            producer,
             cfg,
             rt: Handle::current(),
-            store: store.clone(),
-            commit_thread: Some(CommitThread::start(Handle::current())?),
-            inflight: false,
+            sinks,
             parts: Vec::new(),
             last_part: 0,
+            producer,
             metrics,
             last_flush: Instant::now(),
             last_commit: [Instant::now(); 4],
@@ -233,37 +132,13 @@ impl Pipeline {
         self.pending += 1;
     }
 
-    /// Settles a finished job, then starts a flush if one is due. Cheap when
-    /// there is nothing to do: call it after every message and poll.
-    pub(crate) fn tick<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
-        if self.inflight {
-            self.settle_with(consumer, false);
-        }
-        if self.flush_due() {
-            self.flush(consumer);
-        }
-    }
-
-    /// True when a flush is due. While a job is in flight, only a full
-    /// buffer is (and flushing then waits for the job: backpressure).
-    fn flush_due(&self) -> bool {
-        if self.pending >= self.cfg.flush_max_rows {
-            return true;
-        }
-        !self.inflight
-            && self.last_flush.elapsed() >= self.cfg.flush_interval
-            && (self.pending > 0
-                || (self.last_commit.iter().any(|t| t.elapsed() >= IDLE_COMMIT_INTERVAL)
-                    && self.parts.iter().any(|p| TableKind::ALL.iter().any(|t| p.behind(*t)))))
-    }
-
-    /// The sinks, which are here only when no job is in flight (callers
-    /// settle first).
-    fn sinks(&mut self) -> Result<&mut Vec<DeltaSink>> {
-        match &mut self.committer {
-            Some(c) => Ok(&mut c.sinks),
-            None => Err(Error::Internal("the Delta sinks are held by a flush in flight".into())),
-        }
+    /// True when a flush is due.
+    pub(crate) fn flush_due(&self) -> bool {
+        self.pending >= self.cfg.flush_max_rows
+            || (self.last_flush.elapsed() >= self.cfg.flush_interval
+                && (self.pending > 0
+                    || (self.last_commit.iter().any(|t| t.elapsed() >= IDLE_COMMIT_INTERVAL)
+                        && self.parts.iter().any(|p| TableKind::ALL.iter().any(|t| p.behind(*t))))))
     }
 
     /// Takes ownership of partitions: reads each one's watermarks and dedup
@@ -273,7 +148,6 @@ impl Pipeline {
         consumer: &BaseConsumer<C>,
         tps: &[(String, i32)],
     ) -> Result<Vec<(String, i32, Offset)>> {
-        self.settle(consumer);
         let committed = kafka_committed(consumer, tps);
         let mut out = Vec::with_capacity(tps.len());
         for (topic, partition) in tps {
@@ -292,17 +166,15 @@ impl Pipeline {
     }
 
     async fn init_partition(&mut self, topic: &str, partition: i32, kafka: Option<i64>) -> Result<PartitionState> {
-        let cfg = self.cfg.clone();
-        let kafka = if cfg.deduped_topic.is_some() { kafka } else { None };
-        let sinks = self.sinks()?;
-        let marks = restore::watermarks(sinks, cfg.source_id.as_deref(), topic, partition, kafka).await?;
-        let p = &cfg.process;
+        let kafka = if self.cfg.deduped_topic.is_some() { kafka } else { None };
+        let marks = restore::watermarks(&mut self.sinks, self.cfg.source_id.as_deref(), topic, partition, kafka).await?;
+        let p = &self.cfg.process;
         // Rows stored from this partition are revisited only if its events
         // watermark exists: without one, rows carrying these coordinates came
         // from another cluster (`--source-id`) and only the window applies.
         let replay_from = if marks.committed[TableKind::Events.idx()] < 0 { i64::MAX } else { marks.resume_at() };
         let dedup = restore::dedup_window(
-            &sinks[TableKind::Events.idx()],
+            &self.sinks[TableKind::Events.idx()],
             topic,
             partition,
             replay_from,
@@ -317,195 +189,84 @@ impl Pipeline {
 
     /// Gives up partitions after flushing what is held for them.
     pub(crate) fn revoke<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, tps: &[(String, i32)]) {
-        self.flush_and_settle(consumer);
+        self.flush(consumer);
         self.parts.retain(|p| !tps.iter().any(|(t, n)| *n == p.tp.partition && t.as_str() == &*p.tp.topic));
         self.last_part = 0;
         self.metrics.partitions_assigned.set(self.parts.len() as i64);
         tracing::info!(revoked = tps.len(), remaining = self.parts.len(), "partitions revoked");
     }
 
-    /// Flushes everything pending and waits until it is committed (or its
-    /// partitions reset). For revocation and shutdown.
-    pub(crate) fn flush_and_settle<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
-        self.flush(consumer);
-        self.settle(consumer);
-    }
-
-    /// Starts a flush of everything pending, after settling the job in
-    /// flight (waiting for it if need be). Never loses data: partitions that
-    /// cannot be committed are reset and re-read.
-    fn flush<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
-        self.settle(consumer);
-        self.pending = 0;
-        self.last_flush = Instant::now();
-        let now = now_ms();
-        let mut parts = Vec::with_capacity(self.parts.len());
-        for p in &mut self.parts {
-            let mut jp = JobPart {
-                tp: p.tp.clone(),
-                expected: p.marks.committed,
-                target: p.processed,
-                batches: [None, None, None, None],
-                dlq: std::mem::take(&mut p.dlq),
-                deduped: std::mem::take(&mut p.deduped),
-                counts: std::mem::take(&mut p.counts),
-                committed: [false; 4],
-                reset: false,
-            };
-            if let Err(e) = freeze(p, &mut jp.batches, now) {
-                tracing::error!(partition = %p.tp, error = %e, "building the flush's batches failed; the partition will be re-read");
-                jp.reset = true;
-            }
-            parts.push(jp);
-        }
-        let work = parts.iter().any(|jp| jp.reset || !jp.dlq.is_empty() || !jp.deduped.is_empty()
-            || TableKind::ALL.iter().any(|t| jp.behind(*t)));
-        if !work {
-            // Nothing to commit: only the counters.
-            for jp in parts {
-                self.publish_counts(jp.counts);
-            }
-            self.publish_gauges();
-            return;
-        }
-        let Some(committer) = self.committer.take() else {
-            // Settled above, so the sinks are here; if not, re-read rather than drop.
-            tracing::error!("no Delta sinks to flush with; the partitions will be re-read");
-            let tps: Vec<TopicPartition> = parts.into_iter().map(|jp| jp.tp).collect();
-            self.reset_all(consumer, &tps);
-            return;
+    /// Flushes everything pending. Never loses data: partitions that cannot
+    /// be committed are reset and re-read.
+    pub(crate) fn flush<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        let started = Instant::now();
+        let rt = self.rt.clone();
+        let mut reset: Vec<usize> = Vec::new();
+        // The deduplicated stream is published on a runtime worker while the
+        // tables are written and committed on this thread. It is at least
+        // once: a partition whose commit fails is re-read and re-published.
+        let jobs: Vec<(usize, Vec<DedupedRecord>)> = match &self.cfg.deduped_topic {
+            Some(_) => self
+                .parts
+                .iter_mut()
+                .enumerate()
+                .filter(|(_, p)| !p.deduped.is_empty())
+                .map(|(i, p)| (i, std::mem::take(&mut p.deduped)))
+                .collect(),
+            None => Vec::new(),
         };
-        let job = FlushJob {
-            parts,
-            last_commit: self.last_commit,
-            started: Instant::now(),
-            tables_took: Duration::ZERO,
-            committed_any: false,
+        let publish = self.cfg.deduped_topic.clone().filter(|_| !jobs.is_empty()).map(|topic| {
+            let producer = self.producer.clone();
+            let metrics = self.metrics.clone();
+            let names: Vec<String> = jobs.iter().map(|(i, _)| self.parts[*i].tp.to_string()).collect();
+            rt.spawn(async move { publish_deduped(&producer, &topic, &jobs, &names, &metrics).await })
+        });
+        let committed_any = rt.block_on(self.flush_tables(&mut reset));
+        let tables_took = started.elapsed();
+        let published = match publish {
+            Some(h) => rt.block_on(h).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "deduplicated stream task failed; its partitions will be re-read");
+                (0..self.parts.len()).collect()
+            }),
+            None => Vec::new(),
         };
-        let inline = match &self.commit_thread {
-            Some(t) => match t.jobs.send((committer, job)) {
-                Ok(()) => {
-                    self.inflight = true;
-                    return;
-                }
-                Err(mpsc::SendError(back)) => back,
-            },
-            None => (committer, job),
-        };
-        // No commit thread: commit here, as a flush did before pipelining.
-        self.commit_thread = None;
-        let (committer, job) = self.rt.block_on(run_job(inline.0, inline.1));
-        self.apply(consumer, committer, job);
-    }
-
-    /// Waits for the job in flight, if any, and applies its outcome.
-    fn settle<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
-        self.settle_with(consumer, true);
-    }
-
-    /// Applies the outcome of the job in flight if it has finished, or
-    /// (with `wait`) once it has.
-    fn settle_with<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, wait: bool) {
-        let Some(t) = self.commit_thread.as_ref().filter(|_| self.inflight) else {
-            return;
-        };
-        let got = if wait {
-            t.done.recv().ok()
-        } else {
-            match t.done.try_recv() {
-                Ok(done) => Some(done),
-                Err(mpsc::TryRecvError::Empty) => return,
-                Err(mpsc::TryRecvError::Disconnected) => None,
-            }
-        };
-        self.inflight = false;
-        match got {
-            Some((committer, job)) => self.apply(consumer, committer, job),
-            None => {
-                // The thread died with the sinks (a panic: a bug). Start a
-                // new one, reopen the tables, and re-read every partition
-                // from what the tables hold.
-                tracing::error!("the commit thread died; every partition will be re-read from the tables");
-                self.commit_thread = CommitThread::start(self.rt.clone())
-                    .inspect_err(|e| tracing::error!(error = %e, "restarting the commit thread failed; committing on the consumer thread"))
-                    .ok();
-                self.reopen_sinks();
-                let all: Vec<TopicPartition> = self.parts.iter().map(|p| p.tp.clone()).collect();
-                self.reset_all(consumer, &all);
-            }
-        }
-    }
-
-    /// Applies a finished job: the committed watermarks, the Kafka offsets,
-    /// the counters, and the resets.
-    fn apply<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, committer: Committer, job: FlushJob) {
-        self.committer = Some(committer);
-        self.last_commit = job.last_commit;
-        let mut reset: Vec<TopicPartition> = Vec::new();
-        let mut tpl = TopicPartitionList::new();
-        for jp in job.parts {
-            let Some(i) = self.find(&jp.tp.topic, jp.tp.partition) else {
-                continue;
-            };
-            if jp.reset {
-                reset.push(jp.tp);
-                continue;
-            }
-            let p = &mut self.parts[i];
-            for t in TableKind::ALL {
-                if jp.committed[t.idx()] {
-                    p.marks.committed[t.idx()] = jp.target;
-                }
-            }
-            if jp.target >= 0 {
-                p.marks.deduped = jp.target;
-                let _ = tpl.add_partition_offset(&jp.tp.topic, jp.tp.partition, Offset::Offset(jp.target + 1));
-            }
-            self.publish_counts(jp.counts);
-        }
+        tracing::debug!(committed_any, reset = reset.len(), tables = ?tables_took, total = ?started.elapsed(), "flush: tables and deduped stream done");
+        reset.extend(published);
+        reset.sort_unstable();
+        reset.dedup();
         // Kafka offsets: a hint for other tools, and the deduplicated stream's watermark.
+        let mut tpl = TopicPartitionList::new();
+        for (i, p) in self.parts.iter_mut().enumerate() {
+            if reset.contains(&i) || p.processed < 0 {
+                continue;
+            }
+            p.marks.deduped = p.processed;
+            let _ = tpl.add_partition_offset(&p.tp.topic, p.tp.partition, Offset::Offset(p.processed + 1));
+        }
         if tpl.count() > 0
             && let Err(e) = consumer.commit(&tpl, CommitMode::Async)
         {
             tracing::warn!(error = %e, "committing Kafka offsets failed (they are only a hint; the tables are authoritative)");
         }
-        self.reset_all(consumer, &reset);
-        self.publish_gauges();
-        let took = job.started.elapsed();
-        tracing::debug!(committed_any = job.committed_any, reset = reset.len(), tables = ?job.tables_took, total = ?took, "flush settled");
-        if job.committed_any {
+        for i in reset.iter().rev() {
+            let tp = self.parts[*i].tp.clone();
+            self.metrics.flush_failures.inc();
+            if let Err(e) = self.reset_partition(consumer, &tp) {
+                tracing::error!(partition = %tp, error = %e, "resetting partition failed; dropping it from this instance until the next rebalance");
+                self.parts.retain(|p| p.tp != tp);
+            }
+        }
+        self.publish_counts();
+        self.pending = 0;
+        self.last_flush = Instant::now();
+        if committed_any {
+            let took = started.elapsed();
             self.metrics.flushes.inc();
             self.metrics.flush_seconds.observe(took.as_secs_f64());
             if took > Duration::from_secs(5) {
-                tracing::warn!(took = ?took, tables = ?job.tables_took, "slow flush");
-            }
-        }
-    }
-
-    fn reopen_sinks(&mut self) {
-        let store = self.store.clone();
-        let mut delay = Duration::from_millis(200);
-        let sinks = loop {
-            match self.rt.block_on(open_sinks(&store)) {
-                Ok(s) => break s,
-                Err(e) => {
-                    tracing::error!(error = %e, retry_in = ?delay, "reopening the tables failed");
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
-            }
-        };
-        self.committer =
-            Some(Committer { cfg: self.cfg.clone(), sinks, producer: self.producer.clone(), metrics: self.metrics.clone() });
-    }
-
-    fn reset_all<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, tps: &[TopicPartition]) {
-        for tp in tps {
-            self.metrics.flush_failures.inc();
-            if let Err(e) = self.reset_partition(consumer, tp) {
-                tracing::error!(partition = %tp, error = %e, "resetting partition failed; dropping it from this instance until the next rebalance");
-                self.parts.retain(|p| p.tp != *tp);
-                self.last_part = 0;
+                tracing::warn!(took = ?took, tables = ?tables_took, "slow flush");
+            } else {
+                tracing::debug!(took = ?took, "flushed");
             }
         }
     }
@@ -525,20 +286,165 @@ impl Pipeline {
             .map_err(Error::kafka(format!("seeking {tp}")))
     }
 
-    /// Publishes one settled partition's counters.
-    fn publish_counts(&mut self, c: Counts) {
-        if c.skipped_offsets > 0 {
-            // The seq-based loss audit shows what this cost, per poller.
-            tracing::warn!(offsets = c.skipped_offsets,
-                "offsets skipped: the broker no longer had them when they were due (its retention deleted them \
-                 before ingest read them), or they were transaction markers");
-            self.metrics.offsets_skipped.inc_by(c.skipped_offsets);
+    /// Steps 1 and 2 of a flush. Returns whether any table was committed.
+    async fn flush_tables(&mut self, reset: &mut Vec<usize>) -> bool {
+        // 1. DLQ records must be durable before receipts claim them.
+        for i in 0..self.parts.len() {
+            if self.parts[i].dlq.is_empty() {
+                continue;
+            }
+            let p = &self.parts[i];
+            let offsets: Vec<String> = p.dlq.iter().map(|d| d.offset.to_string()).collect();
+            let recs: Vec<OutRecord<'_>> = p
+                .dlq
+                .iter()
+                .zip(&offsets)
+                .map(|(d, off)| OutRecord {
+                    key: d.key.as_deref(),
+                    value: &d.payload,
+                    headers: vec![
+                        ("estate-reason", d.reason.code().into_owned()),
+                        ("estate-source-topic", p.tp.topic.to_string()),
+                        ("estate-source-partition", p.tp.partition.to_string()),
+                        ("estate-source-offset", off.clone()),
+                        ("estate-ingested-at", rfc3339(d.ingested_at_ms)),
+                    ],
+                })
+                .collect();
+            match publish_all(&self.producer, &self.cfg.dlq_topic, &recs, PUBLISH_ROUNDS).await {
+                Ok(()) => {
+                    self.metrics.dlq_records.inc_by(recs.len() as u64);
+                    self.parts[i].dlq.clear();
+                }
+                Err(e) => {
+                    tracing::error!(partition = %p.tp, error = %e, "DLQ publish failed; partition will be re-read");
+                    reset.push(i);
+                }
+            }
         }
-        self.metrics.messages_in.inc_by(c.messages);
-        self.metrics.duplicates.inc_by(c.duplicates);
-        for (reason, n) in c.rejected {
-            self.metrics.rejected.get_or_create(&label("reason", reason.code())).inc_by(n);
+        // 2. One fenced commit per table.
+        let mut committed_any = false;
+        for kind in TableKind::ALL {
+            match self.flush_table(kind, reset).await {
+                Ok(c) => committed_any |= c,
+                Err(e) => {
+                    tracing::error!(table = kind.name(), error = %e, "flush failed; the partitions in it will be re-read from the tables");
+                    for (i, p) in self.parts.iter().enumerate() {
+                        if p.behind(kind) {
+                            reset.push(i);
+                        }
+                    }
+                }
+            }
         }
+        committed_any
+    }
+
+    async fn flush_table(&mut self, kind: TableKind, reset: &mut Vec<usize>) -> Result<bool> {
+        let t = kind.idx();
+        let mut included: Vec<usize> = (0..self.parts.len())
+            .filter(|i| !reset.contains(i) && self.parts[*i].behind(kind))
+            .collect();
+        if included.is_empty() {
+            return Ok(false);
+        }
+        let now = now_ms();
+        let mut batches: Vec<(usize, RecordBatch)> = Vec::new();
+        for &i in &included {
+            let p = &mut self.parts[i];
+            let b = match kind {
+                TableKind::Events if !p.events.is_empty() => Some(p.events.finish()?),
+                TableKind::Nodes if !p.nodes.is_empty() => Some(p.nodes.finish()?),
+                TableKind::Heartbeats if !p.heartbeats.is_empty() => Some(p.heartbeats.finish()?),
+                TableKind::Receipts if !p.receipts.is_empty() => {
+                    let mut rb = estate_schemas::ReceiptsBuilder::default();
+                    p.receipts.drain_into(&mut rb);
+                    Some(rb.finish(now)?)
+                }
+                _ => None,
+            };
+            if let Some(b) = b {
+                batches.push((i, b));
+            }
+        }
+        let lag = included
+            .iter()
+            .map(|&i| self.parts[i].processed - self.parts[i].marks.committed[t])
+            .max()
+            .unwrap_or(0);
+        if batches.is_empty() && lag < IDLE_COMMIT_OFFSETS && self.last_commit[t].elapsed() < IDLE_COMMIT_INTERVAL {
+            return Ok(false);
+        }
+        loop {
+            let claims: Vec<TxnClaim> = included
+                .iter()
+                .map(|&i| {
+                    let p = &self.parts[i];
+                    let c = p.marks.committed[t];
+                    TxnClaim {
+                        app_id: app_id(self.cfg.source_id.as_deref(), &p.tp.topic, p.tp.partition),
+                        expected: (c >= 0).then_some(c),
+                        target: p.processed,
+                    }
+                })
+                .collect();
+            let data = merge(kind, batches.iter().map(|(_, b)| b))?;
+            let rows: usize = data.iter().map(RecordBatch::num_rows).sum();
+            match self.sinks[t].commit_fenced(&claims, &data).await? {
+                (CommitOutcome::Committed, bytes) => {
+                    for &i in &included {
+                        let p = &mut self.parts[i];
+                        p.marks.committed[t] = p.processed;
+                    }
+                    self.last_commit[t] = Instant::now();
+                    let l = label("table", kind.name());
+                    self.metrics.rows_written.get_or_create(&l).inc_by(rows as u64);
+                    self.metrics.bytes_written.get_or_create(&l).inc_by(bytes);
+                    return Ok(true);
+                }
+                (CommitOutcome::Lost(ids), _) => {
+                    let lost: Vec<usize> = included
+                        .iter()
+                        .copied()
+                        .filter(|&i| ids.contains(&app_id(self.cfg.source_id.as_deref(), &self.parts[i].tp.topic, self.parts[i].tp.partition)))
+                        .collect();
+                    for &i in &lost {
+                        tracing::warn!(partition = %self.parts[i].tp, table = kind.name(),
+                            "another consumer committed this partition: fenced off, not committing");
+                        self.metrics.partitions_lost.inc();
+                    }
+                    reset.extend(lost.iter().copied());
+                    included.retain(|i| !lost.contains(i));
+                    batches.retain(|(i, _)| !lost.contains(i));
+                    if included.is_empty() {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Step 3: publish what was stored. Returns partitions to reset.
+    fn publish_counts(&mut self) {
+        for p in &mut self.parts {
+            let c = std::mem::take(&mut p.counts);
+            if c.skipped_offsets > 0 {
+                // The seq-based loss audit shows what this cost, per poller.
+                tracing::warn!(partition = %p.tp, offsets = c.skipped_offsets,
+                    "offsets skipped: the broker no longer had them when they were due (its retention deleted them \
+                     before ingest read them), or they were transaction markers");
+                self.metrics.offsets_skipped.inc_by(c.skipped_offsets);
+            }
+            self.metrics.messages_in.inc_by(c.messages);
+            self.metrics.duplicates.inc_by(c.duplicates);
+            for (reason, n) in c.rejected {
+                self.metrics.rejected.get_or_create(&label("reason", reason.code())).inc_by(n);
+            }
+            // While replaying offsets `events` already holds, keep the keys replay will still visit.
+            let replaying = p.processed < p.marks.committed[TableKind::Events.idx()];
+            p.dedup.expire(now_ms(), if replaying { p.processed } else { i64::MAX });
+        }
+        self.publish_gauges();
     }
 
     /// Per assigned partition: (topic, partition, next offset to process).
@@ -546,190 +452,13 @@ impl Pipeline {
         self.parts.iter().map(|p| (p.tp.topic.to_string(), p.tp.partition, p.processed + 1)).collect()
     }
 
-    fn publish_gauges(&mut self) {
-        let now = now_ms();
-        for p in &mut self.parts {
-            // While replaying offsets `events` already holds, keep the keys replay will still visit.
-            let replaying = p.processed < p.marks.committed[TableKind::Events.idx()];
-            p.dedup.expire(now, if replaying { p.processed } else { i64::MAX });
-        }
+    fn publish_gauges(&self) {
         let keys: usize = self.parts.iter().map(|p| p.dedup.len()).sum();
         self.metrics.dedup_keys.set(keys as i64);
         let ev: u64 = self.parts.iter().map(|p| p.dedup.evictions()).sum();
         let seen = self.metrics.dedup_evictions.get();
         if ev > seen {
             self.metrics.dedup_evictions.inc_by(ev - seen);
-        }
-    }
-}
-
-/// Moves a partition's pending rows into per-table batches.
-fn freeze(p: &mut PartitionState, out: &mut [Option<RecordBatch>; 4], now: i64) -> Result<()> {
-    if !p.events.is_empty() {
-        out[TableKind::Events.idx()] = Some(p.events.finish()?);
-    }
-    if !p.nodes.is_empty() {
-        out[TableKind::Nodes.idx()] = Some(p.nodes.finish()?);
-    }
-    if !p.heartbeats.is_empty() {
-        out[TableKind::Heartbeats.idx()] = Some(p.heartbeats.finish()?);
-    }
-    if !p.receipts.is_empty() {
-        let mut rb = estate_schemas::ReceiptsBuilder::default();
-        p.receipts.drain_into(&mut rb);
-        out[TableKind::Receipts.idx()] = Some(rb.finish(now)?);
-    }
-    Ok(())
-}
-
-/// A flush job, on a runtime worker: DLQ first, then the tables while the
-/// deduplicated stream is published.
-async fn run_job(mut c: Committer, mut job: FlushJob) -> (Committer, FlushJob) {
-    publish_dlq(&c, &mut job.parts).await;
-    let (cfg, producer, metrics) = (c.cfg.clone(), c.producer.clone(), c.metrics.clone());
-    let sinks = &mut c.sinks;
-    // The deduplicated stream is at least once: a partition whose commit
-    // fails is re-read and re-published.
-    let deduped: Vec<(usize, Vec<DedupedRecord>)> = match &cfg.deduped_topic {
-        Some(_) => job
-            .parts
-            .iter_mut()
-            .enumerate()
-            .filter(|(_, p)| !p.reset && !p.deduped.is_empty())
-            .map(|(i, p)| (i, std::mem::take(&mut p.deduped)))
-            .collect(),
-        None => Vec::new(),
-    };
-    let names: Vec<String> = deduped.iter().map(|(i, _)| job.parts[*i].tp.to_string()).collect();
-    let publish = async {
-        match (&cfg.deduped_topic, deduped.is_empty()) {
-            (Some(topic), false) => publish_deduped(&producer, topic, &deduped, &names, &metrics).await,
-            _ => Vec::new(),
-        }
-    };
-    let tables_started = Instant::now();
-    let tables = async {
-        let mut committed_any = false;
-        for kind in TableKind::ALL {
-            let t = kind.idx();
-            match commit_table(&mut sinks[t], kind, &mut job.parts, cfg.source_id.as_deref(), &mut job.last_commit[t], &metrics).await {
-                Ok(done) => committed_any |= done,
-                Err(e) => {
-                    tracing::error!(table = kind.name(), error = %e, "flush failed; the partitions in it will be re-read from the tables");
-                    for p in job.parts.iter_mut().filter(|p| p.behind(kind)) {
-                        p.reset = true;
-                    }
-                }
-            }
-        }
-        committed_any
-    };
-    let (committed_any, failed) = tokio::join!(tables, publish);
-    job.committed_any = committed_any;
-    job.tables_took = tables_started.elapsed();
-    for i in failed {
-        job.parts[i].reset = true;
-    }
-    (c, job)
-}
-
-/// Step 1: DLQ records must be durable before receipts claim them.
-async fn publish_dlq(c: &Committer, parts: &mut [JobPart]) {
-    for p in parts.iter_mut().filter(|p| !p.reset && !p.dlq.is_empty()) {
-        let offsets: Vec<String> = p.dlq.iter().map(|d| d.offset.to_string()).collect();
-        let recs: Vec<OutRecord<'_>> = p
-            .dlq
-            .iter()
-            .zip(&offsets)
-            .map(|(d, off)| OutRecord {
-                key: d.key.as_deref(),
-                value: &d.payload,
-                headers: vec![
-                    ("estate-reason", d.reason.code().into_owned()),
-                    ("estate-source-topic", p.tp.topic.to_string()),
-                    ("estate-source-partition", p.tp.partition.to_string()),
-                    ("estate-source-offset", off.clone()),
-                    ("estate-ingested-at", rfc3339(d.ingested_at_ms)),
-                ],
-            })
-            .collect();
-        match publish_all(&c.producer, &c.cfg.dlq_topic, &recs, PUBLISH_ROUNDS).await {
-            Ok(()) => {
-                c.metrics.dlq_records.inc_by(recs.len() as u64);
-            }
-            Err(e) => {
-                tracing::error!(partition = %p.tp, error = %e, "DLQ publish failed; partition will be re-read");
-                p.reset = true;
-            }
-        }
-    }
-}
-
-/// Step 2 for one table: one fenced commit of every partition behind in it.
-/// Returns whether it committed.
-async fn commit_table(
-    sink: &mut DeltaSink,
-    kind: TableKind,
-    parts: &mut [JobPart],
-    source_id: Option<&str>,
-    last_commit: &mut Instant,
-    metrics: &Metrics,
-) -> Result<bool> {
-    let t = kind.idx();
-    let mut included: Vec<usize> = (0..parts.len()).filter(|&i| parts[i].behind(kind)).collect();
-    if included.is_empty() {
-        return Ok(false);
-    }
-    let mut batches: Vec<(usize, RecordBatch)> =
-        included.iter().filter_map(|&i| parts[i].batches[t].take().map(|b| (i, b))).collect();
-    let lag = included.iter().map(|&i| parts[i].target - parts[i].expected[t]).max().unwrap_or(0);
-    if batches.is_empty() && lag < IDLE_COMMIT_OFFSETS && last_commit.elapsed() < IDLE_COMMIT_INTERVAL {
-        return Ok(false);
-    }
-    loop {
-        let claims: Vec<TxnClaim> = included
-            .iter()
-            .map(|&i| {
-                let p = &parts[i];
-                let c = p.expected[t];
-                TxnClaim {
-                    app_id: app_id(source_id, &p.tp.topic, p.tp.partition),
-                    expected: (c >= 0).then_some(c),
-                    target: p.target,
-                }
-            })
-            .collect();
-        let data = merge(kind, batches.iter().map(|(_, b)| b))?;
-        let rows: usize = data.iter().map(RecordBatch::num_rows).sum();
-        match sink.commit_fenced(&claims, &data).await? {
-            (CommitOutcome::Committed, bytes) => {
-                for &i in &included {
-                    parts[i].committed[t] = true;
-                }
-                *last_commit = Instant::now();
-                let l = label("table", kind.name());
-                metrics.rows_written.get_or_create(&l).inc_by(rows as u64);
-                metrics.bytes_written.get_or_create(&l).inc_by(bytes);
-                return Ok(true);
-            }
-            (CommitOutcome::Lost(ids), _) => {
-                let lost: Vec<usize> = included
-                    .iter()
-                    .copied()
-                    .filter(|&i| ids.contains(&app_id(source_id, &parts[i].tp.topic, parts[i].tp.partition)))
-                    .collect();
-                for &i in &lost {
-                    tracing::warn!(partition = %parts[i].tp, table = kind.name(),
-                        "another consumer committed this partition: fenced off, not committing");
-                    metrics.partitions_lost.inc();
-                    parts[i].reset = true;
-                }
-                included.retain(|i| !lost.contains(i));
-                batches.retain(|(i, _)| !lost.contains(i));
-                if included.is_empty() {
-                    return Ok(false);
-                }
-            }
         }
     }
 }
