@@ -18,28 +18,14 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${1:-200000}
 RUNS=${2:-3}
-TANSU=${ESTATE_TANSU:-$HOME/.cargo/bin/tansu}
-BENCH=target/release/estate-ingest-bench
-ESTATE=target/release/estate
-for b in "$TANSU" "$BENCH" "$ESTATE"; do
-  [ -x "$b" ] || { echo "missing $b (see the header of $0)" >&2; exit 1; }
-done
-DIR=$(mktemp -d)
-TPID=""
 IPID=""
 cleanup() {
   # ingest first (it leaves the group through the broker), then the broker
   [ -n "$IPID" ] && { kill "$IPID" 2>/dev/null; wait "$IPID" 2>/dev/null || true; }
-  [ -n "$TPID" ] && kill "$TPID" 2>/dev/null
-  rm -rf "$DIR"
+  tansu_cleanup
 }
 trap cleanup EXIT
-PORT=$((20000 + RANDOM % 20000))
-MPORT=$((PORT + 1))
-( cd "$DIR" && exec "$TANSU" broker --listener-url "tcp://127.0.0.1:$PORT" \
-    --advertised-listener-url "tcp://127.0.0.1:$PORT" --storage-engine sqlite://tansu.db >tansu.log 2>&1 ) &
-TPID=$!
-for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
+. benches/scripts/tansu_env.sh
 for t in estate.events:6 estate.dlq:1 estate.deduped:2; do
   "$TANSU" topic create --broker "tcp://127.0.0.1:$PORT" --partitions "${t#*:}" "${t%%:*}" >/dev/null
 done

@@ -20,25 +20,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${1:-200000}
 RUNS=${2:-3}
-TANSU=${ESTATE_TANSU:-$HOME/.cargo/bin/tansu}
-BENCH=target/release/estate-ingest-bench
-ESTATE=target/release/estate
-for b in "$TANSU" "$BENCH" "$ESTATE"; do
-  [ -x "$b" ] || { echo "missing $b (see the header of $0)" >&2; exit 1; }
-done
-DIR=$(mktemp -d)
-TPID=""
-cleanup() {
-  [ -n "$TPID" ] && kill "$TPID" 2>/dev/null
-  rm -rf "$DIR"
-}
-trap cleanup EXIT
-PORT=$((20000 + RANDOM % 20000))
-MPORT=$((PORT + 1))
-( cd "$DIR" && exec "$TANSU" broker --listener-url "tcp://127.0.0.1:$PORT" \
-    --advertised-listener-url "tcp://127.0.0.1:$PORT" --storage-engine sqlite://tansu.db >tansu.log 2>&1 ) &
-TPID=$!
-for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
+trap 'tansu_cleanup' EXIT
+. benches/scripts/tansu_env.sh
 "$BENCH" generate --events "$N" --out "$DIR/events.ndjson" 2>/dev/null
 RATIOS=()
 for RUN in $(seq "$RUNS"); do
