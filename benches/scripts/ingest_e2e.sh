@@ -60,8 +60,4 @@ print(f"{ratio:.3f}")
 PY
 )")
 done
-python3 - "${RATIOS[@]}" <<'PY'
-import statistics, sys
-r = [float(x) for x in sys.argv[1:]]
-print(f"ratio estate / counting consumer: median {statistics.median(r):.2f} over {len(r)} runs ({', '.join(f'{x:.2f}' for x in r)})")
-PY
+median_ratio "estate / counting consumer" "${RATIOS[@]}"

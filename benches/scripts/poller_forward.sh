@@ -48,8 +48,4 @@ print(f"{ratio:.3f}")
 PY
 )")
 done
-python3 - "${RATIOS[@]}" <<'PY'
-import statistics, sys
-r = [float(x) for x in sys.argv[1:]]
-print(f"ratio estate poller / plain producer: median {statistics.median(r):.2f} over {len(r)} runs ({', '.join(f'{x:.2f}' for x in r)})")
-PY
+median_ratio "estate poller / plain producer" "${RATIOS[@]}"

@@ -23,3 +23,11 @@ MPORT=$((PORT + 1))
     --advertised-listener-url "tcp://127.0.0.1:$PORT" --storage-engine sqlite://tansu.db >tansu.log 2>&1 ) &
 TPID=$!
 for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
+# median_ratio LABEL RATIO... prints the median of the per-run ratios.
+median_ratio() {
+  python3 - "$@" <<'PY'
+import statistics, sys
+label, r = sys.argv[1], [float(x) for x in sys.argv[2:]]
+print(f"ratio {label}: median {statistics.median(r):.2f} over {len(r)} runs ({', '.join(f'{x:.2f}' for x in r)})")
+PY
+}
