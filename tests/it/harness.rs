@@ -317,8 +317,12 @@ impl Tansu {
     pub fn start(dir: &Path) -> Tansu {
         std::fs::create_dir_all(dir).unwrap();
         let port = free_port();
+        Tansu { child: Self::spawn(dir, port), port }
+    }
+
+    fn spawn(dir: &Path, port: u16) -> Child {
         let url = format!("tcp://127.0.0.1:{port}");
-        let log = std::fs::File::create(dir.join("tansu.log")).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("tansu.log")).unwrap();
         let child = Command::new(tansu_bin())
             .current_dir(dir)
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "sqlite://tansu.db"])
@@ -326,11 +330,22 @@ impl Tansu {
             .stderr(log)
             .spawn()
             .expect("spawning tansu");
-        let t = Tansu { child, port };
         wait_for(Duration::from_secs(20), "tansu to accept connections", || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
-        t
+        child
+    }
+
+    /// SIGKILLs the broker process.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the broker again on the same port and data in `dir`.
+    pub fn restart(&mut self, dir: &Path) {
+        self.kill();
+        self.child = Self::spawn(dir, self.port);
     }
 
     /// `127.0.0.1:PORT`.

@@ -1,6 +1,7 @@
 //! `estate poller` end to end: the real binary, real spool files, a real
-//! broker (librdkafka's mock cluster over TCP, for fault injection) and, for
-//! the mirror pair, the real ingest into a real Delta store.
+//! broker process (tansu over TCP, durable on disk; a broker outage is a
+//! SIGKILL of that process and a restart) and, for the mirror pair, the
+//! real ingest into a real Delta store.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write as _;
@@ -10,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use rdkafka::message::Message;
-use rdkafka::mocking::MockCluster;
 
 use crate::harness::*;
 
@@ -19,14 +19,12 @@ const TENANT: &str = "acme";
 /// NMIS event times of the test lines: line `i` happens at `BASE_S + i` seconds.
 const BASE_S: i64 = 1_790_000_000;
 
-type Mock = MockCluster<'static, rdkafka::producer::DefaultProducerContext>;
-
-fn mock() -> Mock {
-    let m = MockCluster::new(3).expect("mock cluster");
-    for (t, p) in [(TOPIC, 2), ("estate.dlq", 1), ("estate.deduped", 1)] {
-        m.create_topic(t, p, 3).expect("create topic");
-    }
-    m
+/// A tansu broker process with data in `dir`/broker and the topics the
+/// tests use.
+fn broker(dir: &Path) -> Tansu {
+    let t = Tansu::start(&dir.join("broker"));
+    t.create_topics(&[(TOPIC, 2), ("estate.dlq", 1), ("estate.deduped", 1)]);
+    t
 }
 
 /// A running `estate poller`.
@@ -188,20 +186,19 @@ fn has_lines(poller: &'static str, n: usize) -> impl Fn(&[Landed]) -> bool {
     move |got| lines_of(got, poller).into_iter().collect::<HashSet<_>>().len() >= n
 }
 
-/// Broker down for 30 s while events flow: the spool holds them, and after
-/// the outage every event arrives once, in seq order.
+/// The broker process SIGKILLed and down for 30 s while events flow: the
+/// spool holds them, and once it is back every event arrives once, in seq
+/// order. (A real broker process, tansu, durable on disk.)
 #[test]
 fn broker_outage_delivers_every_event_once_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let m = mock();
-    let brokers = m.bootstrap_servers();
+    let mut broker = broker(dir.path());
+    let brokers = broker.brokers();
     let log = dir.path().join("event.log");
     write_lines(&log, 0..300);
     let p = Poller::nmis(&brokers, "p-outage", &dir.path().join("spool"), &log, &["--heartbeat-interval", "2s"], dir.path(), 0);
     read_topic(&brokers, Duration::from_secs(60), &[&p], has_lines("p-outage", 300));
-    for b in 1..=3 {
-        m.broker_down(b).unwrap();
-    }
+    broker.kill();
     let outage = Instant::now();
     let mut next = 300;
     while outage.elapsed() < Duration::from_secs(30) {
@@ -211,9 +208,7 @@ fn broker_outage_delivers_every_event_once_in_order() {
     }
     let depth = p.metric("estate_poller_spool_depth").unwrap_or(0.0);
     assert!(depth >= (next - 300) as f64, "events wait in the spool during the outage: depth {depth}\n{}", p.log_tail());
-    for b in 1..=3 {
-        m.broker_up(b).unwrap();
-    }
+    broker.restart(&dir.path().join("broker"));
     write_lines(&log, next..next + 300);
     next += 300;
     let got = read_topic(&brokers, Duration::from_secs(90), &[&p], has_lines("p-outage", next));
@@ -227,8 +222,8 @@ fn broker_outage_delivers_every_event_once_in_order() {
 #[test]
 fn sigkill_ten_times_keeps_seq_continuous() {
     let dir = tempfile::tempdir().unwrap();
-    let m = mock();
-    let brokers = m.bootstrap_servers();
+    let b = broker(dir.path());
+    let brokers = b.brokers();
     let log = dir.path().join("event.log");
     let spool = dir.path().join("spool");
     let total = 4_000;
@@ -259,8 +254,8 @@ fn sigkill_ten_times_keeps_seq_continuous() {
 #[test]
 fn log_rotation_delivers_every_line_once() {
     let dir = tempfile::tempdir().unwrap();
-    let m = mock();
-    let brokers = m.bootstrap_servers();
+    let b = broker(dir.path());
+    let brokers = b.brokers();
     let log = dir.path().join("event.log");
     let p = Poller::nmis(&brokers, "p-rotate", &dir.path().join("spool"), &log, &[], dir.path(), 0);
     for c in (0..300).step_by(30) {
@@ -298,11 +293,9 @@ fn log_rotation_delivers_every_line_once() {
 #[test]
 fn spool_full_throttles_input_and_drains() {
     let dir = tempfile::tempdir().unwrap();
-    let m = mock();
-    let brokers = m.bootstrap_servers();
-    for b in 1..=3 {
-        m.broker_down(b).unwrap();
-    }
+    let mut b = broker(dir.path());
+    let brokers = b.brokers();
+    b.kill();
     let log = dir.path().join("event.log");
     let total = 3_000; // ~800 KB of events against a 64 KiB spool
     write_lines(&log, 0..total);
@@ -317,9 +310,7 @@ fn spool_full_throttles_input_and_drains() {
     assert!(later < total as f64 / 2.0, "most input not yet read: {later}");
     assert!(bytes <= (64 << 10) as f64 + (8 << 10) as f64, "spool bounded: {bytes}");
     assert!(p.log_text().contains("spool full"), "{}", p.log_tail());
-    for b in 1..=3 {
-        m.broker_up(b).unwrap();
-    }
+    b.restart(&dir.path().join("broker"));
     let got = read_topic(&brokers, Duration::from_secs(120), &[&p], has_lines("p-full", total));
     assert_exactly_once_in_order(&got, "p-full", 0..total);
     wait_for(Duration::from_secs(10), "spool no longer full", || p.metric("estate_poller_spool_full") == Some(0.0));
@@ -331,8 +322,8 @@ fn spool_full_throttles_input_and_drains() {
 fn mirror_pair_stores_each_event_once() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let m = mock();
-    let brokers = m.bootstrap_servers();
+    let b = broker(dir.path());
+    let brokers = b.brokers();
     let log = dir.path().join("event.log");
     let a = Poller::nmis(&brokers, "mirror-a", &dir.path().join("spool-a"), &log, &[], dir.path(), 0);
     let mut b = Poller::nmis(&brokers, "mirror-b", &dir.path().join("spool-b"), &log, &[], dir.path(), 0);
@@ -359,8 +350,8 @@ fn mirror_pair_stores_each_event_once() {
 #[test]
 fn batch_mode_delivers_at_the_sync_interval_and_not_before() {
     let dir = tempfile::tempdir().unwrap();
-    let m = mock();
-    let brokers = m.bootstrap_servers();
+    let b = broker(dir.path());
+    let brokers = b.brokers();
     let log = dir.path().join("event.log");
     write_lines(&log, 0..200);
     let t0 = Instant::now();
@@ -387,8 +378,8 @@ fn batch_mode_delivers_at_the_sync_interval_and_not_before() {
 #[test]
 fn json_lines_on_stdin_are_stamped_and_drained() {
     let dir = tempfile::tempdir().unwrap();
-    let m = mock();
-    let brokers = m.bootstrap_servers();
+    let b = broker(dir.path());
+    let brokers = b.brokers();
     let mut p = Poller::start(&brokers, "p-json", &dir.path().join("spool"), &["--json-lines", "-"], &[], dir.path(), 0);
     {
         let mut stdin = p.child.stdin.take().unwrap();
@@ -419,9 +410,9 @@ fn json_lines_on_stdin_are_stamped_and_drained() {
 #[test]
 fn per_tenant_topic_and_kafka_opts() {
     let dir = tempfile::tempdir().unwrap();
-    let m = mock();
-    m.create_topic("estate.events.acme", 1, 3).unwrap();
-    let brokers = m.bootstrap_servers();
+    let b = broker(dir.path());
+    b.create_topics(&[("estate.events.acme", 1)]);
+    let brokers = b.brokers();
     let mut p = Poller::start(&brokers, "p-topic", &dir.path().join("spool"), &["--json-lines", "-"],
         &["--per-tenant-topic", "--kafka-opt", "client.id=estate-it"], dir.path(), 0);
     {
