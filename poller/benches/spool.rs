@@ -2,12 +2,15 @@
 //! state → stamp (seq, epoch, event_id) → CRC'd spool records on disk.
 //! Reports events/s and spool bytes per event, for each fsync policy.
 //!
-//! `cargo bench -p estate-poller --bench spool` (set `SPOOL_BENCH_EVENTS` to
-//! change the volume, default 500000). A plain timing harness: each policy
-//! runs three times over a fresh spool and the best run is reported.
+//! `cargo bench -p estate-poller --bench spool` (criterion; set
+//! `SPOOL_BENCH_EVENTS` to change the lines per iteration, default 200000).
+//! Each iteration spools the whole log into a fresh spool; criterion reports
+//! the time per iteration and elements (events) per second.
 
 use std::io::Write as _;
 use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 use estate_poller::wire::Stamp;
 use estate_poller::{FsyncPolicy, InputPos, Item, Spool, SpoolConfig, Tailer, parse_nmis};
@@ -67,19 +70,32 @@ fn run(log: &std::path::Path, n: usize, fsync: FsyncPolicy) -> (Duration, u64) {
     (elapsed, spool.bytes() - before)
 }
 
-fn main() {
-    let n: usize = std::env::var("SPOOL_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(500_000);
+fn spool_path(c: &mut Criterion) {
+    let n: usize = std::env::var("SPOOL_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("event.log");
     let log_bytes = write_log(&log, n);
-    println!("spool path, one thread, {n} NMIS lines ({:.1} bytes/line in event.log)", log_bytes as f64 / n as f64);
-    for (name, policy) in [("fsync always (per batch)", FsyncPolicy::Always), ("fsync 100ms", FsyncPolicy::Interval(Duration::from_millis(100))), ("fsync never", FsyncPolicy::Never)] {
-        let best = (0..3).map(|_| run(&log, n, policy)).min_by_key(|r| r.0).unwrap();
-        println!(
-            "{name:26} {:>10.0} events/s  {:>6.1} spool bytes/event  ({:.2} s)",
-            n as f64 / best.0.as_secs_f64(),
-            best.1 as f64 / n as f64,
-            best.0.as_secs_f64()
-        );
+    let policies = [
+        ("fsync_always_per_batch", FsyncPolicy::Always),
+        ("fsync_100ms", FsyncPolicy::Interval(Duration::from_millis(100))),
+        ("fsync_never", FsyncPolicy::Never),
+    ];
+    // Spool bytes per event do not depend on the policy; report them once.
+    let (_, bytes) = run(&log, n, FsyncPolicy::Never);
+    eprintln!(
+        "spool path, one thread, {n} NMIS lines ({:.1} bytes/line in event.log): {:.1} spool bytes/event",
+        log_bytes as f64 / n as f64,
+        bytes as f64 / n as f64
+    );
+    let mut g = c.benchmark_group("spool_path");
+    g.throughput(Throughput::Elements(n as u64)).sample_size(10).measurement_time(Duration::from_secs(20));
+    for (name, policy) in policies {
+        // Each iteration spools the whole log into a fresh spool; only the
+        // spooling is timed.
+        g.bench_function(name, |b| b.iter_custom(|iters| (0..iters).map(|_| run(&log, n, policy).0).sum()));
     }
+    g.finish();
 }
+
+criterion_group!(benches, spool_path);
+criterion_main!(benches);
