@@ -292,6 +292,7 @@ pub fn events_count(store: &Path) -> i64 {
 pub struct Tansu {
     pub child: Child,
     pub port: u16,
+    dir: PathBuf,
 }
 
 /// Where the tansu binary is, or a loud failure naming the install command.
@@ -317,7 +318,7 @@ impl Tansu {
     pub fn start(dir: &Path) -> Tansu {
         std::fs::create_dir_all(dir).unwrap();
         let port = free_port();
-        Tansu { child: Self::spawn(dir, port), port }
+        Tansu { child: Self::spawn(dir, port), port, dir: dir.to_owned() }
     }
 
     fn spawn(dir: &Path, port: u16) -> Child {
@@ -342,10 +343,10 @@ impl Tansu {
         let _ = self.child.wait();
     }
 
-    /// Starts the broker again on the same port and data in `dir`.
-    pub fn restart(&mut self, dir: &Path) {
+    /// Starts the broker again on the same port, with the same data.
+    pub fn restart(&mut self) {
         self.kill();
-        self.child = Self::spawn(dir, self.port);
+        self.child = Self::spawn(&self.dir, self.port);
     }
 
     /// `127.0.0.1:PORT`.

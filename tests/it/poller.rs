@@ -208,7 +208,7 @@ fn broker_outage_delivers_every_event_once_in_order() {
     }
     let depth = p.metric("estate_poller_spool_depth").unwrap_or(0.0);
     assert!(depth >= (next - 300) as f64, "events wait in the spool during the outage: depth {depth}\n{}", p.log_tail());
-    broker.restart(&dir.path().join("broker"));
+    broker.restart();
     write_lines(&log, next..next + 300);
     next += 300;
     let got = read_topic(&brokers, Duration::from_secs(90), &[&p], has_lines("p-outage", next));
@@ -310,7 +310,7 @@ fn spool_full_throttles_input_and_drains() {
     assert!(later < total as f64 / 2.0, "most input not yet read: {later}");
     assert!(bytes <= (64 << 10) as f64 + (8 << 10) as f64, "spool bounded: {bytes}");
     assert!(p.log_text().contains("spool full"), "{}", p.log_tail());
-    b.restart(&dir.path().join("broker"));
+    b.restart();
     let got = read_topic(&brokers, Duration::from_secs(120), &[&p], has_lines("p-full", total));
     assert_exactly_once_in_order(&got, "p-full", 0..total);
     wait_for(Duration::from_secs(10), "spool no longer full", || p.metric("estate_poller_spool_full") == Some(0.0));
