@@ -318,23 +318,30 @@ impl Tansu {
     pub fn start(dir: &Path) -> Tansu {
         std::fs::create_dir_all(dir).unwrap();
         let port = free_port();
-        Tansu { child: Self::spawn(dir, port), port, dir: dir.to_owned() }
+        let t = Tansu { child: Self::spawn(dir, port), port, dir: dir.to_owned() };
+        t.wait_ready();
+        t
     }
 
     fn spawn(dir: &Path, port: u16) -> Child {
         let url = format!("tcp://127.0.0.1:{port}");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("tansu.log")).unwrap();
-        let child = Command::new(tansu_bin())
+        Command::new(tansu_bin())
             .current_dir(dir)
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "sqlite://tansu.db"])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .expect("spawning tansu");
+            .expect("spawning tansu")
+    }
+
+    /// Waits until the broker accepts connections. (Called once the child is
+    /// owned by `self`, so a failure still kills it on drop.)
+    fn wait_ready(&self) {
+        let port = self.port;
         wait_for(Duration::from_secs(20), "tansu to accept connections", || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
-        child
     }
 
     /// SIGKILLs the broker process.
@@ -347,6 +354,7 @@ impl Tansu {
     pub fn restart(&mut self) {
         self.kill();
         self.child = Self::spawn(&self.dir, self.port);
+        self.wait_ready();
     }
 
     /// `127.0.0.1:PORT`.
@@ -373,7 +381,6 @@ impl Tansu {
 
 impl Drop for Tansu {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
