@@ -22,6 +22,6 @@ if "$VENV/bin/python" -c 'import duckdb, deltalake, pyarrow, adbc_driver_flights
 else
   echo "python venv: creating $VENV with duckdb, deltalake, pyarrow, adbc-driver-flightsql"
   python3 -m venv "$VENV"
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-cache-dir \
     "duckdb>=1.1" "deltalake>=1.1" "pyarrow>=17" adbc-driver-flightsql adbc-driver-manager
 fi

@@ -5,6 +5,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Disk: a cold run needs about 6 GiB under target/ (plus about 3 GiB, freed
+# afterwards, to build tansu once) and some hundreds of MiB of test data in
+# the temp dir. Say what there is up front, and again if anything fails, so a
+# full disk is told apart from a failing test.
+disk_report() { df -h . "${TMPDIR:-/tmp}" 2>/dev/null | awk '!seen[$0]++'; }
+echo "== disk before the run"
+disk_report
+free_kib=$(df -Pk . | awk 'NR==2 {print $4}')
+if [ "${free_kib:-0}" -lt $((8 * 1024 * 1024)) ]; then
+  echo "WARNING: under 8 GiB free here; the build may run out of disk (No space left on device)" >&2
+fi
+trap 'rc=$?; if [ $rc -ne 0 ]; then echo "== disk when the run failed (exit $rc)"; disk_report; fi' EXIT
+# Incremental compilation only pays off on rebuilds; on a cold run it costs
+# about 700 MiB of disk and some build time.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
 scripts/install-test-deps.sh
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
