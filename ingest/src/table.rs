@@ -2,6 +2,7 @@
 //! flush that carries an application transaction per Kafka partition, behind
 //! the zombie fence described in `ARCHITECTURE.md`.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use deltalake::arrow::array::RecordBatch;
@@ -123,6 +124,43 @@ pub fn writer_properties(kind: TableKind) -> WriterProperties {
 pub struct DeltaSink {
     kind: TableKind,
     table: DeltaTable,
+    txns: TxnCache,
+    /// Commits made through this sink.
+    commits: u64,
+}
+
+/// The application transaction versions this sink has seen, exact as of one
+/// table version. Reading a version from the snapshot replays the log since
+/// the last checkpoint (tens of ms per partition per flush, growing between
+/// checkpoints); the cache is brought forward instead by reading only the
+/// commits made since, which is one small JSON file per commit.
+#[derive(Debug, Default)]
+struct TxnCache {
+    /// The table version the entries are exact at.
+    at: Option<u64>,
+    /// app id -> stored version (`None`: known to have none).
+    versions: HashMap<String, Option<i64>>,
+}
+
+/// A sink's commits between two expired-log clean-ups.
+const LOG_CLEANUP_EVERY: u64 = 100;
+
+/// Commits the cache will read to catch up before it gives up and starts
+/// again from the snapshot.
+const TXN_CATCH_UP_MAX: u64 = 1000;
+
+/// The `txn` actions of one commit file, in order.
+fn commit_txns(bytes: &[u8]) -> std::result::Result<Vec<(String, i64)>, serde_json::Error> {
+    let mut out = Vec::new();
+    for line in bytes.split(|b| *b == b'\n').filter(|l| !l.iter().all(u8::is_ascii_whitespace)) {
+        let v: serde_json::Value = serde_json::from_slice(line)?;
+        if let Some(t) = v.get("txn")
+            && let (Some(id), Some(version)) = (t.get("appId").and_then(|x| x.as_str()), t.get("version").and_then(|x| x.as_i64()))
+        {
+            out.push((id.to_string(), version));
+        }
+    }
+    Ok(out)
 }
 
 impl DeltaSink {
@@ -139,7 +177,7 @@ impl DeltaSink {
                 .map_err(Error::delta(name))?;
             if exists {
                 match table.load().await {
-                    Ok(()) => return Ok(DeltaSink { kind, table }),
+                    Ok(()) => return Ok(DeltaSink { kind, table, txns: TxnCache::default(), commits: 0 }),
                     Err(e) if attempt < 4 => {
                         tracing::debug!(table = name, error = %e, "load raced with creation; retrying");
                         tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
@@ -164,7 +202,7 @@ impl DeltaSink {
             match created {
                 Ok(t) => {
                     tracing::info!(table = name, "created table");
-                    return Ok(DeltaSink { kind, table: t });
+                    return Ok(DeltaSink { kind, table: t, txns: TxnCache::default(), commits: 0 });
                 }
                 Err(e) => {
                     // Another instance created it first: load theirs.
@@ -198,6 +236,57 @@ impl DeltaSink {
             .transaction_version(self.table.log_store().as_ref(), app_id)
             .await
             .map_err(Error::delta(self.kind.name()))
+    }
+
+    /// Like [`version_of`](Self::version_of), on the loaded snapshot, but
+    /// from the cache, brought forward over the commits made since it was
+    /// last exact.
+    async fn stored_version(&mut self, app_id: &str) -> Result<Option<i64>> {
+        let now = self.table.version();
+        if self.txns.at != now {
+            self.catch_up_txns(now).await;
+        }
+        if let Some(v) = self.txns.versions.get(app_id) {
+            return Ok(*v);
+        }
+        let v = self.version_of(app_id).await?;
+        self.txns.versions.insert(app_id.to_string(), v);
+        Ok(v)
+    }
+
+    /// Brings the cache to table version `now` by reading the commits after
+    /// the one it is exact at; on any doubt it is emptied and refilled from
+    /// the snapshot.
+    async fn catch_up_txns(&mut self, now: Option<u64>) {
+        let from = match (self.txns.at, now) {
+            (Some(at), Some(now)) if now > at && now - at <= TXN_CATCH_UP_MAX => at + 1,
+            _ => {
+                self.txns = TxnCache { at: now, versions: HashMap::new() };
+                return;
+            }
+        };
+        let Some(now) = now else { return };
+        let store = self.table.log_store();
+        for v in from..=now {
+            let txns = match store.read_commit_entry(v).await {
+                Ok(Some(bytes)) => commit_txns(&bytes).map_err(|e| e.to_string()),
+                Ok(None) => Err("the commit file is gone".to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match txns {
+                Ok(txns) => {
+                    for (id, version) in txns {
+                        self.txns.versions.insert(id, Some(version));
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(table = self.kind.name(), version = v, error = %e, "cannot read a commit's transactions; reading them from the snapshot");
+                    self.txns = TxnCache { at: Some(now), versions: HashMap::new() };
+                    return;
+                }
+            }
+        }
+        self.txns.at = Some(now);
     }
 
     /// Writes batches as Parquet files (not yet visible to anyone) and returns
@@ -236,14 +325,17 @@ impl DeltaSink {
             if attempt > 1 {
                 backoff(attempt).await;
             }
+            let t_refresh = std::time::Instant::now();
             if let Err(e) = self.refresh().await {
                 tracing::warn!(table = name, error = %e, attempt, "refreshing table failed; retrying");
                 continue;
             }
+            let refresh_took = t_refresh.elapsed();
+            let t_check = std::time::Instant::now();
             let mut lost = Vec::new();
             let mut done = 0;
             for c in claims {
-                let stored = match self.version_of(&c.app_id).await {
+                let stored = match self.stored_version(&c.app_id).await {
                     Ok(v) => v,
                     Err(e) => {
                         tracing::warn!(table = name, error = %e, "reading app transaction failed");
@@ -274,6 +366,8 @@ impl DeltaSink {
                 }
                 return Ok((CommitOutcome::Lost(all), 0));
             }
+            let check_took = t_check.elapsed();
+            let t_write = std::time::Instant::now();
             if adds.is_none() {
                 match self.write_files(batches).await {
                     Ok(a) => adds = Some(a),
@@ -283,21 +377,42 @@ impl DeltaSink {
                     }
                 }
             }
+            let write_took = t_write.elapsed();
+            let t_commit = std::time::Instant::now();
             let actions: Vec<Action> = adds.clone().unwrap_or_default().into_iter().map(Action::Add).collect();
             let txns = claims.iter().map(|c| Transaction::new(&c.app_id, c.target)).collect();
-            let props = CommitProperties::default().with_application_transactions(txns).with_max_retries(15);
+            // Expired-log clean-up lists the whole `_delta_log` directory, so
+            // it runs with every hundredth commit, not every one.
+            let props = CommitProperties::default()
+                .with_application_transactions(txns)
+                .with_max_retries(15)
+                .with_cleanup_expired_logs((!self.commits.is_multiple_of(LOG_CLEANUP_EVERY)).then_some(false));
             let snapshot = self.table.snapshot().map_err(Error::delta(name))?;
             let op = DeltaOperation::Write {
                 mode: SaveMode::Append,
                 partition_by: Some(PARTITION_COLUMNS.iter().map(|s| s.to_string()).collect()),
                 predicate: None,
             };
+            let base = snapshot.version();
             let result = CommitBuilder::from(props)
                 .with_actions(actions)
                 .build(Some(snapshot), self.table.log_store(), op)
                 .await;
             match result {
-                Ok(_) => {
+                Ok(done) => {
+                    // Carry on from the state after this commit (the post-commit
+                    // hook has already brought it forward), so the next refresh
+                    // has nothing of ours to replay.
+                    if done.version == base + 1 && self.txns.at == Some(base) {
+                        for c in claims {
+                            self.txns.versions.insert(c.app_id.clone(), Some(c.target));
+                        }
+                        self.txns.at = Some(done.version);
+                    }
+                    self.table.state = Some(done.snapshot);
+                    self.commits += 1;
+                    tracing::debug!(table = name, refresh = ?refresh_took, check = ?check_took, write = ?write_took,
+                        commit = ?t_commit.elapsed(), "fenced commit");
                     let bytes = adds.iter().flatten().map(|a| a.size.max(0) as u64).sum();
                     return Ok((CommitOutcome::Committed, bytes));
                 }
@@ -327,4 +442,58 @@ async fn backoff(attempt: u32) {
     let base = 20u64.saturating_mul(1 << attempt.min(7)).min(2000);
     let jitter = rand::rng().random_range(0..=base / 2);
     tokio::time::sleep(Duration::from_millis(base / 2 + jitter)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(id: &str, expected: Option<i64>, target: i64) -> TxnClaim {
+        TxnClaim { app_id: id.to_string(), expected, target }
+    }
+
+    fn committed(o: (CommitOutcome, u64)) -> bool {
+        matches!(o.0, CommitOutcome::Committed)
+    }
+
+    #[test]
+    fn commit_txns_reads_only_txn_actions() {
+        let log = br#"{"commitInfo":{"timestamp":1,"operation":"WRITE"}}
+{"txn":{"appId":"estate-ingest/t/0","version":41,"lastUpdated":5}}
+{"add":{"path":"a.parquet","size":1}}
+{"txn":{"appId":"estate-ingest/t/1","version":7}}
+"#;
+        assert_eq!(commit_txns(log).unwrap(), vec![("estate-ingest/t/0".to_string(), 41), ("estate-ingest/t/1".to_string(), 7)]);
+        assert!(commit_txns(b"{not json\n").is_err());
+    }
+
+    /// Two sinks on one table, as two ingest instances: each one's cache must
+    /// see the other's commits, so the fence holds with the cache in front of
+    /// the snapshot.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_fence_holds_across_cached_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap(), Default::default(), None).unwrap();
+        let mut a = DeltaSink::open(&store, TableKind::Receipts).await.unwrap();
+        let mut b = DeltaSink::open(&store, TableKind::Receipts).await.unwrap();
+        // a owns p0 and commits twice; the second check is served by the cache.
+        assert!(committed(a.commit_fenced(&[claim("p0", None, 10)], &[]).await.unwrap()));
+        assert!(committed(a.commit_fenced(&[claim("p0", Some(10), 20)], &[]).await.unwrap()));
+        // b commits p1: a's cache is brought forward over b's commit.
+        assert!(committed(b.commit_fenced(&[claim("p1", None, 5)], &[]).await.unwrap()));
+        assert!(committed(a.commit_fenced(&[claim("p0", Some(20), 30)], &[]).await.unwrap()));
+        assert_eq!(a.stored_version("p1").await.unwrap(), Some(5));
+        // b takes p0 over (resuming from 30) and commits it: a is fenced off.
+        assert!(committed(b.commit_fenced(&[claim("p0", Some(30), 40)], &[]).await.unwrap()));
+        match a.commit_fenced(&[claim("p0", Some(30), 50)], &[]).await.unwrap().0 {
+            CommitOutcome::Lost(ids) => assert_eq!(ids, vec!["p0".to_string()]),
+            CommitOutcome::Committed => panic!("a zombie committed over the new owner"),
+        }
+        // What the cache says equals what the snapshot says.
+        a.refresh().await.unwrap();
+        for id in ["p0", "p1", "p2"] {
+            assert_eq!(a.stored_version(id).await.unwrap(), a.version_of(id).await.unwrap(), "{id}");
+        }
+        assert_eq!(a.stored_version("p0").await.unwrap(), Some(40));
+    }
 }
