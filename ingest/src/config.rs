@@ -83,6 +83,13 @@ pub struct IngestArgs {
     #[arg(long, env = "ESTATE_FLUSH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub flush_interval: Duration,
 
+    /// Commit `nodes`, `heartbeats` and `receipts` at most this often; `events`
+    /// is committed at every flush. `heartbeats` and `receipts` are always
+    /// committed together, up to the same offsets, so the loss audit never
+    /// sees a false gap. 0 commits all four tables at every flush.
+    #[arg(long, env = "ESTATE_SIDE_TABLE_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub side_table_interval: Duration,
+
     /// Commit early when this many messages are pending.
     #[arg(long, env = "ESTATE_FLUSH_MAX_ROWS", default_value_t = 500_000)]
     pub flush_max_rows: usize,

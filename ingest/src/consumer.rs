@@ -179,7 +179,7 @@ pub(crate) fn run_loop(consumer: IngestConsumer, pipeline: Arc<Mutex<Pipeline>>,
                 let mut p = lock(&pipeline);
                 p.process(m.topic(), m.partition(), m.offset(), m.key(), m.payload().unwrap_or(&[]));
                 if p.flush_due() {
-                    p.flush(&consumer);
+                    p.flush(&consumer, false);
                 }
             }
             // Reported with its topic by the `error` callback above.
@@ -188,13 +188,13 @@ pub(crate) fn run_loop(consumer: IngestConsumer, pipeline: Arc<Mutex<Pipeline>>,
             None => {
                 let mut p = lock(&pipeline);
                 if p.flush_due() {
-                    p.flush(&consumer);
+                    p.flush(&consumer, false);
                 }
             }
         }
     }
     tracing::info!("shutting down: flushing and leaving the group");
-    lock(&pipeline).flush(&consumer);
+    lock(&pipeline).flush(&consumer, true);
     consumer.unsubscribe();
     // Serve the revocation callback so the group rebalances promptly.
     for _ in 0..20 {

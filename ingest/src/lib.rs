@@ -152,6 +152,7 @@ pub async fn start(args: IngestArgs) -> Result<Running> {
         },
         flush_interval: args.flush_interval,
         flush_max_rows: args.flush_max_rows,
+        side_table_interval: args.side_table_interval,
         dlq_topic: args.dlq_topic.clone(),
         deduped_topic: (!args.deduped_topic.is_empty()).then(|| args.deduped_topic.clone()),
         source_id: (!args.source_id.is_empty()).then(|| args.source_id.clone()),

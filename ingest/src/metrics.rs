@@ -35,6 +35,8 @@ pub struct Metrics {
     pub bytes_written: Family<Labels, Counter>,
     /// Flush latency.
     pub flush_seconds: Histogram,
+    /// Time of one table's fenced commit (write Parquet + Delta commit), by table.
+    pub commit_seconds: Family<Labels, Histogram, fn() -> Histogram>,
     /// Partitions lost to another consumer at commit time (zombie fence).
     pub partitions_lost: Counter,
     /// Flushes that failed and were rolled back to the tables' state.
@@ -69,6 +71,7 @@ impl Default for Metrics {
             flushes: Counter::default(),
             bytes_written: Family::default(),
             flush_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            commit_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.005, 2.0, 14))),
             partitions_lost: Counter::default(),
             flush_failures: Counter::default(),
             consumer_lag: Family::default(),
@@ -89,6 +92,7 @@ impl Default for Metrics {
         r.register("flushes", "Flushes committed", m.flushes.clone());
         r.register("bytes_written", "Parquet bytes committed, by table", m.bytes_written.clone());
         r.register("flush_seconds", "Flush latency (write + commit + publish)", m.flush_seconds.clone());
+        r.register("commit_seconds", "One table's fenced commit (Parquet write + Delta commit), by table", m.commit_seconds.clone());
         r.register("partitions_lost", "Partitions found owned by another consumer at commit", m.partitions_lost.clone());
         r.register("flush_failures", "Flushes abandoned and replayed from the tables", m.flush_failures.clone());
         r.register("consumer_lag", "Messages behind the high watermark", m.consumer_lag.clone());

@@ -157,6 +157,16 @@ impl PartitionState {
         self.events.len() + self.nodes.len() + self.heartbeats.len() + self.receipts.messages()
     }
 
+    /// True when rows for `t` wait for the next flush.
+    pub fn has_rows(&self, t: TableKind) -> bool {
+        match t {
+            TableKind::Events => !self.events.is_empty(),
+            TableKind::Nodes => !self.nodes.is_empty(),
+            TableKind::Heartbeats => !self.heartbeats.is_empty(),
+            TableKind::Receipts => !self.receipts.is_empty(),
+        }
+    }
+
     /// True when `t` has offsets to commit.
     pub fn behind(&self, t: TableKind) -> bool {
         self.processed > self.marks.committed[t.idx()]

@@ -51,6 +51,8 @@ pub(crate) struct PipelineConfig {
     pub flush_interval: Duration,
     /// Flush when this many rows are pending.
     pub flush_max_rows: usize,
+    /// Commit the side tables (all but `events`) at most this often.
+    pub side_table_interval: Duration,
     /// DLQ topic.
     pub dlq_topic: String,
     /// Deduplicated stream topic (`None`: off).
@@ -70,6 +72,8 @@ pub(crate) struct Pipeline {
     metrics: Arc<Metrics>,
     last_flush: Instant,
     last_commit: [Instant; 4],
+    /// When the side tables were last included in a flush.
+    last_side: Instant,
     pending: usize,
 }
 
@@ -107,6 +111,7 @@ impl Pipeline {
             metrics,
             last_flush: Instant::now(),
             last_commit: [Instant::now(); 4],
+            last_side: Instant::now(),
             pending: 0,
         })
     }
@@ -134,11 +139,25 @@ impl Pipeline {
 
     /// True when a flush is due.
     pub(crate) fn flush_due(&self) -> bool {
+        let side_pending = || {
+            self.side_due()
+                && self.parts.iter().any(|p| {
+                    [TableKind::Nodes, TableKind::Heartbeats, TableKind::Receipts]
+                        .iter()
+                        .any(|&t| p.behind(t) && p.has_rows(t))
+                })
+        };
         self.pending >= self.cfg.flush_max_rows
             || (self.last_flush.elapsed() >= self.cfg.flush_interval
                 && (self.pending > 0
+                    || side_pending()
                     || (self.last_commit.iter().any(|t| t.elapsed() >= IDLE_COMMIT_INTERVAL)
                         && self.parts.iter().any(|p| TableKind::ALL.iter().any(|t| p.behind(*t))))))
+    }
+
+    /// True when the side tables may be committed in this flush.
+    fn side_due(&self) -> bool {
+        self.last_side.elapsed() >= self.cfg.side_table_interval
     }
 
     /// Takes ownership of partitions: reads each one's watermarks and dedup
@@ -189,16 +208,17 @@ impl Pipeline {
 
     /// Gives up partitions after flushing what is held for them.
     pub(crate) fn revoke<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, tps: &[(String, i32)]) {
-        self.flush(consumer);
+        self.flush(consumer, true);
         self.parts.retain(|p| !tps.iter().any(|(t, n)| *n == p.tp.partition && t.as_str() == &*p.tp.topic));
         self.last_part = 0;
         self.metrics.partitions_assigned.set(self.parts.len() as i64);
         tracing::info!(revoked = tps.len(), remaining = self.parts.len(), "partitions revoked");
     }
 
-    /// Flushes everything pending. Never loses data: partitions that cannot
-    /// be committed are reset and re-read.
-    pub(crate) fn flush<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+    /// Flushes what is pending: `events` always, the side tables when their
+    /// interval has passed or `all` is set (shutdown, revocation). Never loses
+    /// data: partitions that cannot be committed are reset and re-read.
+    pub(crate) fn flush<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, all: bool) {
         let started = Instant::now();
         let rt = self.rt.clone();
         let mut reset: Vec<usize> = Vec::new();
@@ -221,7 +241,7 @@ impl Pipeline {
             let names: Vec<String> = jobs.iter().map(|(i, _)| self.parts[*i].tp.to_string()).collect();
             rt.spawn(async move { publish_deduped(&producer, &topic, &jobs, &names, &metrics).await })
         });
-        let committed_any = rt.block_on(self.flush_tables(&mut reset));
+        let committed_any = rt.block_on(self.flush_tables(&mut reset, all));
         let tables_took = started.elapsed();
         let published = match publish {
             Some(h) => rt.block_on(h).unwrap_or_else(|e| {
@@ -287,7 +307,7 @@ impl Pipeline {
     }
 
     /// Steps 1 and 2 of a flush. Returns whether any table was committed.
-    async fn flush_tables(&mut self, reset: &mut Vec<usize>) -> bool {
+    async fn flush_tables(&mut self, reset: &mut Vec<usize>, all: bool) -> bool {
         // 1. DLQ records must be durable before receipts claim them.
         for i in 0..self.parts.len() {
             if self.parts[i].dlq.is_empty() {
@@ -322,9 +342,18 @@ impl Pipeline {
                 }
             }
         }
-        // 2. One fenced commit per table.
+        // 2. One fenced commit per table. The side tables are held back
+        // between their intervals; `heartbeats` and `receipts` always go in
+        // the same flush, so both stand at the same offsets.
+        let side = all || self.side_due();
+        if side {
+            self.last_side = Instant::now();
+        }
         let mut committed_any = false;
         for kind in TableKind::ALL {
+            if kind != TableKind::Events && !side {
+                continue;
+            }
             match self.flush_table(kind, reset).await {
                 Ok(c) => committed_any |= c,
                 Err(e) => {
@@ -390,7 +419,13 @@ impl Pipeline {
                 .collect();
             let data = merge(kind, batches.iter().map(|(_, b)| b))?;
             let rows: usize = data.iter().map(RecordBatch::num_rows).sum();
-            match self.sinks[t].commit_fenced(&claims, &data).await? {
+            let started = Instant::now();
+            let outcome = self.sinks[t].commit_fenced(&claims, &data).await?;
+            self.metrics
+                .commit_seconds
+                .get_or_create(&label("table", kind.name()))
+                .observe(started.elapsed().as_secs_f64());
+            match outcome {
                 (CommitOutcome::Committed, bytes) => {
                     for &i in &included {
                         let p = &mut self.parts[i];
