@@ -139,14 +139,8 @@ impl Pipeline {
 
     /// True when a flush is due.
     pub(crate) fn flush_due(&self) -> bool {
-        let side_pending = || {
-            self.side_due()
-                && self.parts.iter().any(|p| {
-                    [TableKind::Nodes, TableKind::Heartbeats, TableKind::Receipts]
-                        .iter()
-                        .any(|&t| p.behind(t) && p.has_rows(t))
-                })
-        };
+        let side_pending =
+            || self.side_due() && self.parts.iter().any(|p| TableKind::ALL.iter().any(|t| t.is_side() && p.has_rows(*t)));
         self.pending >= self.cfg.flush_max_rows
             || (self.last_flush.elapsed() >= self.cfg.flush_interval
                 && (self.pending > 0
@@ -351,7 +345,7 @@ impl Pipeline {
         }
         let mut committed_any = false;
         for kind in TableKind::ALL {
-            if kind != TableKind::Events && !side {
+            if kind.is_side() && !side {
                 continue;
             }
             match self.flush_table(kind, reset).await {

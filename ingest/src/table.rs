@@ -43,6 +43,12 @@ impl TableKind {
     pub const ALL: [TableKind; 4] =
         [TableKind::Events, TableKind::Nodes, TableKind::Heartbeats, TableKind::Receipts];
 
+    /// True for the side tables, which are committed every
+    /// `--side-table-interval` rather than at every flush.
+    pub fn is_side(self) -> bool {
+        self != TableKind::Events
+    }
+
     /// Table (and directory) name.
     pub fn name(self) -> &'static str {
         match self {
