@@ -120,6 +120,9 @@ pub async fn generate(store: &Store, spec: &Spec) -> anyhow::Result<Summary> {
         if messages.len() >= spec.commit_rows {
             commit(&mut sinks, &mut pollers, &mut messages, spec.now_ms, false).await?;
             summary.commits += 1;
+            if summary.commits % 300 == 0 {
+                eprintln!("  {} flushes, {} events", summary.commits, summary.events + 1);
+            }
         }
         summary.events += 1;
     }

@@ -59,6 +59,7 @@ async fn main() -> anyhow::Result<()> {
 
     let before = files_per_tenant_day(&store).await?;
     let load_before = cold_load(&store).await?;
+    eprintln!("standard queries before compaction");
     let q_before = standard_queries(&a, &store).await?;
 
     let args = CompactArgs {
@@ -73,11 +74,13 @@ async fn main() -> anyhow::Result<()> {
         interval: None,
     };
     let compactor = Compactor::new(args)?;
+    eprintln!("compacting");
     let t = Instant::now();
     let report = compactor.pass().await?;
     let secs = t.elapsed().as_secs_f64();
     let after = files_per_tenant_day(&store).await?;
     let load_after = cold_load(&store).await?;
+    eprintln!("standard queries after compaction");
     let q_after = standard_queries(&a, &store).await?;
 
     let avg = |m: &BTreeMap<(String, String), usize>| m.values().sum::<usize>() as f64 / m.len().max(1) as f64;
@@ -135,14 +138,24 @@ async fn standard_queries(a: &Args, store: &estate_ingest::Store) -> anyhow::Res
     let mut out = Vec::new();
     for f in files.iter().filter(|f| f.extension().is_some_and(|e| e == "sql")) {
         let sql = std::fs::read_to_string(f)?;
+        let name = f.file_stem().unwrap_or_default().to_string_lossy().into_owned();
         let mut times = Vec::new();
         for _ in 0..a.query_runs {
             let t = Instant::now();
-            engine.execute(&Principal::Operator, &sql, "bench").await?;
-            times.push(t.elapsed().as_secs_f64());
+            // A failed query is reported (as NaN) rather than ending a run
+            // that took an hour to set up.
+            match engine.execute(&Principal::Operator, &sql, "bench").await {
+                Ok(_) => times.push(t.elapsed().as_secs_f64()),
+                Err(e) => {
+                    eprintln!("  {name}: failed after {:.1} s: {e}", t.elapsed().as_secs_f64());
+                    times.push(f64::NAN);
+                }
+            }
         }
         times.sort_by(f64::total_cmp);
-        out.push((f.file_stem().unwrap_or_default().to_string_lossy().into_owned(), times[times.len() / 2]));
+        let p50 = times[times.len() / 2];
+        eprintln!("  {name}: p50 {:.1} ms", p50 * 1e3);
+        out.push((name, p50));
     }
     Ok(out)
 }
