@@ -31,7 +31,8 @@ pub fn views(t: PollerThresholds) -> Vec<(&'static str, String)> {
 // spent 120 of its 150 ms there on 20k nodes). Partitioned by tenant and
 // ordered by the key, the first row of each key is the one whose previous
 // row has another key. Ties on (time, ingested_at) pick one row, as
-// row_number() = 1 did.
+// row_number() = 1 did. The parentheses around `IS DISTINCT FROM` are
+// needed: DataFusion's SQL parser binds it looser than `OR`.
 const NODES: &str = "\
 SELECT tenant, poller, node, node_uuid, level, level_rank, time, attrs, ingested_at \
 FROM (SELECT *, lag(node) OVER (PARTITION BY tenant ORDER BY node, time DESC, ingested_at DESC) AS prev_node \
