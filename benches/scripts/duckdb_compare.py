@@ -10,7 +10,7 @@ The views (`nodes`, `active_events`, `pollers`, `loss_audit`) are defined in
 DuckDB with the very SQL estate uses, read from estate's
 information_schema.views, so both engines answer the same question.
 """
-import argparse, concurrent.futures, io, json, os, statistics, sys, time, urllib.request
+import argparse, concurrent.futures, io, json, os, statistics, sys, time, urllib.error, urllib.request
 
 import duckdb
 import pyarrow as pa
@@ -29,8 +29,13 @@ def post(url, token, sql, accept=ARROW):
         data=json.dumps({"sql": sql}).encode(),
         headers={"Authorization": f"Bearer {token}", "Accept": accept, "Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(req, timeout=600) as r:
-        return r.read()
+    try:
+        with urllib.request.urlopen(req, timeout=600) as r:
+            return r.read()
+    except urllib.error.HTTPError as e:
+        # The body says why (the SQL error, the limit hit); without it a
+        # failing check only shows "400 Bad Request".
+        sys.exit(f"estate answered {e.code} to\n{sql}\n{e.read().decode(errors='replace')}")
 
 
 def estate_table(url, token, sql):

@@ -45,6 +45,19 @@ pub struct SessionFactory {
     views: Vec<(&'static str, String)>,
 }
 
+/// Memory each sort sets aside up front for merging what it spilled.
+///
+/// DataFusion's default is 10 MiB per sort per partition. The views sort
+/// twice (a window per key, then one per tenant), so on 2 threads a query
+/// over `active_events` holds 40 MiB of these reservations before reading a
+/// row, and fails outright under a 24 MiB limit. An eighth of the query's
+/// memory per thread, shared by the sorts a plan runs at once, keeps small
+/// limits usable; at the 512 MiB default it stays at DataFusion's 10 MiB.
+fn sort_reservation(memory: usize, threads: usize) -> usize {
+    const DATAFUSION_DEFAULT: usize = 10 * 1024 * 1024;
+    (memory / (8 * threads.max(1))).min(DATAFUSION_DEFAULT)
+}
+
 impl SessionFactory {
     /// A factory for sessions with these limits.
     pub fn new(threads: usize, memory: usize, spill_dir: Option<PathBuf>, thresholds: PollerThresholds) -> Self {
@@ -75,6 +88,7 @@ impl SessionFactory {
         // isolation probes; the isolation suite has the regression case.
         let mut config = config;
         config.options_mut().optimizer.enable_distinct_aggregation_soft_limit = false;
+        config.options_mut().execution.sort_spill_reservation_bytes = sort_reservation(self.memory, self.threads);
         let pool = TrackConsumersPool::new(FairSpillPool::new(self.memory), NonZeroUsize::new(3).expect("3 > 0"));
         let disk = match &self.spill_dir {
             Some(dir) => DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![dir.clone()])),
@@ -99,5 +113,18 @@ impl SessionFactory {
             ctx.register_table(*name, Arc::new(ViewTable::new(plan, Some(sql.clone()))))?;
         }
         Ok(ctx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sort_reservation;
+
+    #[test]
+    fn sort_reservation_scales_with_the_limit() {
+        const MIB: usize = 1024 * 1024;
+        assert_eq!(sort_reservation(512 * MIB, 2), 10 * MIB);
+        assert_eq!(sort_reservation(24 * MIB, 2), 3 * MIB / 2);
+        assert_eq!(sort_reservation(24 * MIB, 0), 3 * MIB);
     }
 }
