@@ -169,7 +169,7 @@ impl Engine {
             Some(a) => self.catalog.snapshots_as_of(a).await?,
         };
         let df_err = |e| Error::from_datafusion(e, self.root());
-        let ctx = self.sessions.session(principal, &snapshots).await.map_err(df_err)?;
+        let ctx = self.sessions.session_for(principal, &snapshots, &statement).await.map_err(df_err)?;
         let plan = ctx.state().statement_to_plan(statement).await.map_err(df_err)?;
         SQLOptions::new()
             .with_allow_ddl(false)

@@ -5,18 +5,26 @@
 //! the base tables bound to the snapshots pinned for that query, restricted
 //! to the principal's files (see [`crate::catalog`]). Views are planned in
 //! the same session, so they inherit the restriction.
+//!
+//! Planning a view's SQL costs about 1 ms, and four of them were most of a
+//! small query's time (`SELECT 1` took 4.1 ms in the server, 3.9 ms of it in
+//! the views). A session for one statement plans only the views that
+//! statement names; one that reads `information_schema` (or any other
+//! schema) gets all of them, since it may list their definitions.
 
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use deltalake::datafusion::catalog::view::ViewTable;
+use deltalake::datafusion::common::TableReference;
 use deltalake::datafusion::error::Result as DfResult;
 use deltalake::datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use deltalake::datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
 use deltalake::datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use deltalake::datafusion::execution::session_state::SessionStateBuilder;
 use deltalake::datafusion::prelude::{SessionConfig, SessionContext};
+use deltalake::datafusion::sql::parser::Statement as DfStatement;
 use estate_ingest::TableKind;
 
 use crate::auth::Principal;
@@ -74,8 +82,28 @@ impl SessionFactory {
         self.threads
     }
 
-    /// A session that reads `snapshots` as `principal`.
+    /// A session that reads `snapshots` as `principal`, with every view.
     pub async fn session(&self, principal: &Principal, snapshots: &Snapshots) -> DfResult<SessionContext> {
+        self.build(principal, snapshots, None).await
+    }
+
+    /// A session for planning `statement`: like [`SessionFactory::session`],
+    /// with only the views the statement names.
+    pub async fn session_for(
+        &self,
+        principal: &Principal,
+        snapshots: &Snapshots,
+        statement: &DfStatement,
+    ) -> DfResult<SessionContext> {
+        self.build(principal, snapshots, Some(statement)).await
+    }
+
+    async fn build(
+        &self,
+        principal: &Principal,
+        snapshots: &Snapshots,
+        statement: Option<&DfStatement>,
+    ) -> DfResult<SessionContext> {
         let config = SessionConfig::new()
             .with_information_schema(true)
             .with_target_partitions(self.threads)
@@ -108,7 +136,22 @@ impl SessionFactory {
             let table = provider(kind, snapshots.get(kind), principal).await?;
             ctx.register_table(base_table_name(kind), table)?;
         }
+        // Views read only base tables (a unit test checks it), so the names
+        // in the statement are all the views it needs.
+        let named = match statement {
+            None => None,
+            Some(st) => {
+                let refs = ctx.state().resolve_table_references(st)?;
+                let ours = |r: &TableReference| {
+                    r.schema().is_none_or(|s| s == SCHEMA) && r.catalog().is_none_or(|c| c == CATALOG)
+                };
+                refs.iter().all(ours).then(|| refs.iter().map(|r| r.table().to_owned()).collect::<Vec<_>>())
+            }
+        };
         for (name, sql) in &self.views {
+            if named.as_ref().is_some_and(|n| !n.iter().any(|t| t == name)) {
+                continue;
+            }
             let plan = ctx.state().create_logical_plan(sql).await?;
             ctx.register_table(*name, Arc::new(ViewTable::new(plan, Some(sql.clone()))))?;
         }
@@ -118,7 +161,31 @@ impl SessionFactory {
 
 #[cfg(test)]
 mod tests {
-    use super::sort_reservation;
+    use std::time::Duration;
+
+    use deltalake::datafusion::prelude::SessionContext;
+    use deltalake::datafusion::sql::parser::DFParser;
+    use estate_ingest::TableKind;
+
+    use super::{base_table_name, sort_reservation};
+    use crate::views::{PollerThresholds, views};
+
+    /// A session for one statement plans only the views it names, which is
+    /// complete only while no view reads another view.
+    #[test]
+    fn views_read_only_base_tables() {
+        let thresholds = PollerThresholds { late_after: Duration::from_secs(60), down_after: Duration::from_secs(300) };
+        let bases: Vec<&str> = TableKind::ALL.iter().map(|k| base_table_name(*k)).collect();
+        let state = SessionContext::new().state();
+        for (name, sql) in views(thresholds) {
+            let statement = DFParser::parse_sql(&sql).unwrap().pop_front().unwrap();
+            let refs = state.resolve_table_references(&statement).unwrap();
+            assert!(!refs.is_empty(), "{name}");
+            for r in refs {
+                assert!(bases.contains(&r.table()), "view {name} reads {r}, which is not a base table");
+            }
+        }
+    }
 
     #[test]
     fn sort_reservation_scales_with_the_limit() {
