@@ -74,6 +74,10 @@ fn active_events() -> String {
     )
 }
 
+// One row per poller that sent a heartbeat or a recent event. Both sides
+// have one row per (tenant, poller), so a full join gives each poller once.
+// (A UNION of the keys joined back to both sides read each table twice:
+// DataFusion inlines CTEs.)
 fn pollers(t: PollerThresholds) -> String {
     let late = t.late_after.as_secs();
     let down = t.down_after.as_secs();
@@ -85,9 +89,9 @@ fn pollers(t: PollerThresholds) -> String {
          last_hb AS (SELECT * FROM hb WHERE rn = 1), \
          ev AS (\
            SELECT tenant, poller, count(*) AS recent, max(time) AS last_event FROM events \
-           WHERE time >= now() - INTERVAL '10 minutes' GROUP BY tenant, poller), \
-         known AS (SELECT tenant, poller FROM last_hb UNION SELECT tenant, poller FROM ev) \
-         SELECT k.tenant, k.poller, h.epoch, h.seq AS last_seq, h.time AS last_heartbeat, \
+           WHERE time >= now() - INTERVAL '10 minutes' GROUP BY tenant, poller) \
+         SELECT coalesce(h.tenant, ev.tenant) AS tenant, coalesce(h.poller, ev.poller) AS poller, \
+                h.epoch, h.seq AS last_seq, h.time AS last_heartbeat, \
                 to_unixtime(now()) - to_unixtime(h.time) AS seconds_since, \
                 CAST(coalesce(ev.recent, 0) AS DOUBLE) / 10.0 AS events_per_minute, \
                 ev.last_event, h.spool_depth, \
@@ -95,9 +99,7 @@ fn pollers(t: PollerThresholds) -> String {
                      WHEN to_unixtime(now()) - to_unixtime(h.time) > {down} THEN 'down' \
                      WHEN to_unixtime(now()) - to_unixtime(h.time) > {late} THEN 'late' \
                      ELSE 'up' END AS status \
-         FROM known k \
-         LEFT JOIN last_hb h ON k.tenant = h.tenant AND k.poller = h.poller \
-         LEFT JOIN ev ON k.tenant = ev.tenant AND k.poller = ev.poller"
+         FROM last_hb h FULL JOIN ev ON h.tenant = ev.tenant AND h.poller = ev.poller"
     )
 }
 
