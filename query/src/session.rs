@@ -19,6 +19,8 @@ use std::sync::Arc;
 use deltalake::datafusion::catalog::view::ViewTable;
 use deltalake::datafusion::common::TableReference;
 use deltalake::datafusion::error::Result as DfResult;
+use deltalake::datafusion::execution::cache::cache_manager::{CacheManagerConfig, FileMetadataCache};
+use deltalake::datafusion::execution::cache::default_cache::DefaultCache;
 use deltalake::datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use deltalake::datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
 use deltalake::datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -45,13 +47,34 @@ pub fn base_table_name(kind: TableKind) -> &'static str {
 }
 
 /// Builds sessions.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SessionFactory {
     threads: usize,
     memory: usize,
     spill_dir: Option<PathBuf>,
     views: Vec<(&'static str, String)>,
+    footers: Arc<FileMetadataCache>,
 }
+
+impl std::fmt::Debug for SessionFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionFactory")
+            .field("threads", &self.threads)
+            .field("memory", &self.memory)
+            .field("spill_dir", &self.spill_dir)
+            .field("footers_cached", &self.footers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parquet footers (file metadata) kept across queries, in bytes.
+///
+/// Each query has its own runtime (for its memory pool), so without a shared
+/// cache every query read the footer of every file it opened again. Data
+/// files never change once committed (a rewrite gets a new name), so a
+/// cached footer cannot go stale; least recently used ones are dropped at
+/// the limit. A small file's footer takes a few KiB.
+pub const FOOTER_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// Memory each sort sets aside up front for merging what it spilled.
 ///
@@ -74,7 +97,9 @@ impl SessionFactory {
         } else {
             threads
         };
-        SessionFactory { threads, memory, spill_dir, views: views(thresholds) }
+        let footers: Arc<FileMetadataCache> =
+            Arc::new(DefaultCache::new(FOOTER_CACHE_BYTES).with_name("parquet footers"));
+        SessionFactory { threads, memory, spill_dir, views: views(thresholds), footers }
     }
 
     /// Threads per query.
@@ -131,6 +156,11 @@ impl SessionFactory {
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::new(pool))
             .with_disk_manager_builder(disk)
+            .with_cache_manager(
+                CacheManagerConfig::default()
+                    .with_file_metadata_cache(Some(self.footers.clone()))
+                    .with_metadata_cache_limit(FOOTER_CACHE_BYTES),
+            )
             .build_arc()?;
         let state = SessionStateBuilder::new()
             .with_config(config)
