@@ -73,8 +73,10 @@ impl std::fmt::Debug for SessionFactory {
 /// cache every query read the footer of every file it opened again. Data
 /// files never change once committed (a rewrite gets a new name), so a
 /// cached footer cannot go stale; least recently used ones are dropped at
-/// the limit. A small file's footer takes a few KiB.
-pub const FOOTER_CACHE_BYTES: usize = 32 * 1024 * 1024;
+/// the limit. A small file's footer takes a few KiB. The bound is small on
+/// purpose: a busy estate fills it within minutes and it then stays flat, so
+/// it cannot pass for a leak in a long run's memory curve.
+pub const FOOTER_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Memory each sort sets aside up front for merging what it spilled.
 ///
