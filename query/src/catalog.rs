@@ -9,37 +9,39 @@
 //!
 //! Tenancy is enforced here: when a snapshot is published, its active files
 //! are grouped by their `tenant` partition value, and a tenant's table
-//! provider is built with exactly that tenant's file list
-//! ([`FileSelection`]). Files of other tenants are never in the plan, the
-//! EXPLAIN output or any error message of that session.
+//! provider is built with exactly that tenant's files ([`crate::scan`]).
+//! Files of other tenants are never in the plan, the EXPLAIN output or any
+//! error message of that session.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use deltalake::DeltaTable;
 use deltalake::datafusion::catalog::TableProvider;
-use deltalake::datafusion::datasource::MemTable;
-use deltalake::datafusion::error::Result as DfResult;
-use deltalake::delta_datafusion::{DeltaScanNext, FileSelection};
-use deltalake::kernel::EagerSnapshot;
-use deltalake::logstore::LogStoreRef;
+use deltalake::datafusion::error::{DataFusionError, Result as DfResult};
+use deltalake::{DeltaTable, ObjectStore};
 use estate_ingest::{Store, TableKind};
 
 use crate::auth::Principal;
 use crate::error::{Error, Result};
+use crate::scan::{DataFile, EstateTable, layout, reuse_index};
 
 /// One published version of a table.
 #[derive(Debug)]
 pub struct Pinned {
     /// Delta table version.
     pub version: i64,
-    snapshot: Arc<EagerSnapshot>,
-    log_store: LogStoreRef,
-    /// Active file paths (relative to the table root) per tenant.
-    by_tenant: HashMap<String, Vec<String>>,
+    kind: TableKind,
+    store: Arc<dyn ObjectStore>,
+    /// Every active file.
+    all: Vec<Arc<DataFile>>,
+    /// Active files per tenant.
+    by_tenant: HashMap<String, Vec<Arc<DataFile>>>,
     /// Active files in the table.
     pub files: usize,
+    /// Why this version cannot be read, when it cannot; queries that read
+    /// the table fail with this message.
+    refused: Option<String>,
 }
 
 impl Pinned {
@@ -131,25 +133,45 @@ impl Catalog {
         if before == Some(version) && slot.current.read().expect("catalog lock").is_some() {
             return Ok(());
         }
-        let pinned = self.pin(slot.kind, &table, version)?;
+        let previous = slot.current.read().expect("catalog lock").clone();
+        let pinned = self.pin(slot.kind, &table, version, previous.as_deref())?;
         let files = pinned.files;
         tracing::debug!(table = slot.kind.name(), version, files, "snapshot published");
         *slot.current.write().expect("catalog lock") = Some(Arc::new(pinned));
         Ok(())
     }
 
-    /// Publishes a loaded table version: its snapshot and its files per tenant.
-    fn pin(&self, kind: TableKind, table: &DeltaTable, version: u64) -> Result<Pinned> {
+    /// Publishes a loaded table version: its files, per tenant, with their
+    /// statistics. Files already known from `previous` are not parsed again.
+    fn pin(&self, kind: TableKind, table: &DeltaTable, version: u64, previous: Option<&Pinned>) -> Result<Pinned> {
         let state = table.snapshot().map_err(|source| Error::Store { url: self.store.table_url(kind.name()).to_string(), source })?;
-        let snapshot = state.snapshot().clone();
-        let mut by_tenant: HashMap<String, Vec<String>> = HashMap::new();
-        let mut files = 0;
-        for f in state.log_data().iter() {
-            files += 1;
-            let tenant = f.partition_values_map().remove("tenant").flatten().unwrap_or_default();
-            by_tenant.entry(tenant).or_default().push(f.path().into_owned());
+        let layout = layout(kind);
+        let store = table.log_store().object_store(None);
+        let refuse = |why: String| {
+            tracing::error!(table = kind.name(), version, reason = %why, "table version refused");
+            Ok(Pinned { version: version as i64, kind, store: store.clone(), all: Vec::new(), by_tenant: HashMap::new(), files: 0, refused: Some(why) })
+        };
+        let protocol = serde_json::to_value(state.protocol()).unwrap_or_default();
+        let metadata = serde_json::to_value(state.metadata()).unwrap_or_default();
+        if let Err(why) = layout.check_table(&protocol, &metadata) {
+            return refuse(why);
         }
-        Ok(Pinned { version: version as i64, snapshot: Arc::new(snapshot), log_store: table.log_store(), by_tenant, files })
+        let known = previous.map(|p| reuse_index(&p.all)).unwrap_or_default();
+        let mut all = Vec::new();
+        let mut by_tenant: HashMap<String, Vec<Arc<DataFile>>> = HashMap::new();
+        for f in state.log_data().iter() {
+            let file = match known.get(f.path().as_ref()) {
+                Some(known) => Arc::clone(known),
+                None => match DataFile::from_log(&layout, &f) {
+                    Ok(file) => Arc::new(file),
+                    Err(why) => return refuse(why),
+                },
+            };
+            by_tenant.entry(file.tenant.clone()).or_default().push(file.clone());
+            all.push(file);
+        }
+        let files = all.len();
+        Ok(Pinned { version: version as i64, kind, store, all, by_tenant, files, refused: None })
     }
 
     /// The snapshots of every table as they were at `as_of`: the last version
@@ -168,13 +190,13 @@ impl Catalog {
             if let (AsOf::Version(v), TableKind::Events) = (as_of, slot.kind) {
                 // Exactly the version asked for, whatever commit times say.
                 table.load_version(*v as u64).await.map_err(|e| self.as_of_error(slot.kind, e))?;
-                tables.push((slot.kind, Some(Arc::new(self.pin(slot.kind, &table, *v as u64)?))));
+                tables.push((slot.kind, Some(Arc::new(self.pin(slot.kind, &table, *v as u64, None)?))));
                 continue;
             }
             let pinned = match table.load_with_datetime(at).await {
                 Ok(()) => {
                     let v = table.version().unwrap_or(0);
-                    Some(Arc::new(self.pin(slot.kind, &table, v)?))
+                    Some(Arc::new(self.pin(slot.kind, &table, v, None)?))
                 }
                 Err(e) if is_before_history(&e) => None,
                 Err(e) => return Err(self.as_of_error(slot.kind, e)),
@@ -259,23 +281,19 @@ impl Catalog {
     }
 }
 
-/// Builds the table provider a principal reads: the pinned snapshot,
-/// restricted to the principal's files; an empty table with the contract's
+/// Builds the table provider a principal reads: the pinned version,
+/// restricted to the principal's files; an empty table with the same
 /// columns when the table does not exist yet.
-pub async fn provider(
-    kind: TableKind,
-    pinned: Option<&Arc<Pinned>>,
-    principal: &Principal,
-) -> DfResult<Arc<dyn TableProvider>> {
+pub fn provider(kind: TableKind, pinned: Option<&Arc<Pinned>>, principal: &Principal) -> DfResult<Arc<dyn TableProvider>> {
     let Some(p) = pinned else {
-        return Ok(Arc::new(MemTable::try_new(kind.schema(), vec![vec![]])?));
+        return Ok(Arc::new(EstateTable::new(layout(kind), None, Vec::new())));
     };
-    let mut builder = DeltaScanNext::builder()
-        .with_log_store(p.log_store.clone())
-        .with_eager_snapshot(p.snapshot.clone());
-    if let Principal::Tenant(t) = principal {
-        let paths = p.by_tenant.get(t).cloned().unwrap_or_default();
-        builder = builder.with_file_selection(FileSelection::from_file_paths(paths));
+    if let Some(why) = &p.refused {
+        return Err(DataFusionError::Plan(why.clone()));
     }
-    Ok(Arc::new(builder.build().await?))
+    let files = match principal {
+        Principal::Operator => p.all.clone(),
+        Principal::Tenant(t) => p.by_tenant.get(t).cloned().unwrap_or_default(),
+    };
+    Ok(Arc::new(EstateTable::new(layout(p.kind), Some(p.store.clone()), files)))
 }

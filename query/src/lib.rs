@@ -23,6 +23,7 @@ pub mod flight;
 pub mod guard;
 pub mod http;
 mod metrics;
+pub mod scan;
 pub mod session;
 pub mod views;
 
