@@ -18,7 +18,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use deltalake::datafusion::catalog::TableProvider;
-use deltalake::datafusion::error::{DataFusionError, Result as DfResult};
+use deltalake::datafusion::error::Result as DfResult;
 use deltalake::{DeltaTable, ObjectStore};
 use estate_ingest::{Store, TableKind};
 
@@ -160,12 +160,9 @@ impl Catalog {
         let mut all = Vec::new();
         let mut by_tenant: HashMap<String, Vec<Arc<DataFile>>> = HashMap::new();
         for f in state.log_data().iter() {
-            let file = match known.get(f.path().as_ref()) {
-                Some(known) => Arc::clone(known),
-                None => match DataFile::from_log(&layout, &f) {
-                    Ok(file) => Arc::new(file),
-                    Err(why) => return refuse(why),
-                },
+            let file = match DataFile::reuse(&layout, &f, &known) {
+                Ok(file) => file,
+                Err(why) => return refuse(why),
             };
             by_tenant.entry(file.tenant.clone()).or_default().push(file.clone());
             all.push(file);
@@ -289,7 +286,7 @@ pub fn provider(kind: TableKind, pinned: Option<&Arc<Pinned>>, principal: &Princ
         return Ok(Arc::new(EstateTable::new(layout(kind), None, Vec::new())));
     };
     if let Some(why) = &p.refused {
-        return Err(DataFusionError::Plan(why.clone()));
+        return Ok(Arc::new(EstateTable::refused(layout(p.kind), why.clone())));
     }
     let files = match principal {
         Principal::Operator => p.all.clone(),

@@ -40,7 +40,7 @@ use deltalake::datafusion::datasource::file_format::parquet::ParquetFormat;
 use deltalake::datafusion::datasource::listing::PartitionedFile;
 use deltalake::datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
 use deltalake::datafusion::datasource::table_schema::TableSchema;
-use deltalake::datafusion::error::Result as DfResult;
+use deltalake::datafusion::error::{DataFusionError, Result as DfResult};
 use deltalake::datafusion::execution::object_store::ObjectStoreUrl;
 use deltalake::datafusion::logical_expr::utils::conjunction;
 use deltalake::datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
@@ -90,12 +90,8 @@ impl Layout {
                 fields.push(Field::new(f.name(), partition_type(), f.is_nullable()));
                 continue;
             }
-            let field = match f.data_type() {
-                DataType::Utf8 => Field::new(f.name(), DataType::Utf8View, f.is_nullable()),
-                _ => f.as_ref().clone(),
-            };
-            file_fields.push(field.clone());
-            fields.push(field);
+            file_fields.push(f.as_ref().clone());
+            fields.push(f.as_ref().clone());
         }
         let schema = Arc::new(Schema::new(fields));
         let partition_fields: Vec<FieldRef> = PARTITION_COLUMNS
@@ -119,7 +115,9 @@ impl Layout {
     /// Checks that the pinned table is one this reader reads correctly.
     pub fn check_table(&self, protocol: &serde_json::Value, metadata: &serde_json::Value) -> Result<(), String> {
         let table = self.kind.name();
-        let reader = protocol.get("minReaderVersion").and_then(serde_json::Value::as_i64).unwrap_or(1);
+        let Some(reader) = protocol.get("minReaderVersion").and_then(serde_json::Value::as_i64) else {
+            return Err(format!("table {table}: its Delta protocol does not say which reader version it needs"));
+        };
         if reader > 1 {
             let features = protocol.get("readerFeatures").map(ToString::to_string).unwrap_or_else(|| "none listed".into());
             return Err(format!(
@@ -156,21 +154,24 @@ pub struct DataFile {
 }
 
 impl DataFile {
-    /// Reads one file action of the log.
+    /// Reads one file action of the log. A refusal names the table but not
+    /// the file, since the message reaches every tenant's queries; the file
+    /// is in the service's log.
     pub fn from_log(layout: &Layout, f: &LogicalFileView) -> Result<DataFile, String> {
         let path = f.path().into_owned();
+        let table = layout.kind.name();
+        let refuse = |why: &str| {
+            tracing::error!(table, file = %path, "{why}");
+            format!("table {table}: {why}; see the query service's log for the file")
+        };
         if f.deletion_vector_descriptor().is_some() {
-            return Err(format!("table {}: file {path} has a deletion vector, which estate does not read", layout.kind.name()));
+            return Err(refuse("a data file has a deletion vector, which estate does not read"));
         }
         let mut parts = f.partition_values_map();
-        let mut value = |name: &str| {
-            parts.remove(name).flatten().ok_or_else(|| {
-                format!("table {}: file {path} has no {name} partition value", layout.kind.name())
-            })
-        };
+        let mut value = |name: &str| parts.remove(name).flatten().ok_or_else(|| refuse(&format!("a data file has no {name} partition value")));
         let tenant = value("tenant")?;
         let date = value("date")?;
-        let size = u64::try_from(f.size()).map_err(|_| format!("file {path}: negative size"))?;
+        let size = u64::try_from(f.size()).map_err(|_| refuse("a data file has a negative size"))?;
         let mut file = PartitionedFile::new(path.clone(), size)
             .with_partition_values(vec![partition_value(&tenant), partition_value(&date)]);
         file.object_meta.location = f.object_store_path();
@@ -210,7 +211,7 @@ fn stat_value(ty: &DataType, v: &serde_json::Value, upper: bool) -> Option<Scala
     match ty {
         DataType::Int64 => v.as_i64().map(|x| ScalarValue::Int64(Some(x))),
         DataType::Int32 => v.as_i64().and_then(|x| i32::try_from(x).ok()).map(|x| ScalarValue::Int32(Some(x))),
-        DataType::Utf8View => v.as_str().map(|s| ScalarValue::Utf8View(Some(s.to_owned()))),
+        DataType::Utf8 => v.as_str().map(|s| ScalarValue::Utf8(Some(s.to_owned()))),
         DataType::Timestamp(TimeUnit::Microsecond, tz) => {
             let t = chrono::DateTime::parse_from_rfc3339(v.as_str()?).ok()?;
             let us = t.timestamp_micros() + if upper { 999 } else { 0 };
@@ -231,6 +232,9 @@ pub fn layout(kind: TableKind) -> Arc<Layout> {
 #[derive(Debug)]
 pub struct EstateTable {
     layout: Arc<Layout>,
+    /// Why the pinned version cannot be read, when it cannot: scanning the
+    /// table fails with this message (other tables stay readable).
+    refused: Option<String>,
     /// The table's store, rooted at the table; `None` for a table that does
     /// not exist yet (and so has no files).
     store: Option<Arc<dyn ObjectStore>>,
@@ -241,23 +245,36 @@ impl EstateTable {
     /// A table over `files` (already restricted to the principal), read from
     /// `store`.
     pub fn new(layout: Arc<Layout>, store: Option<Arc<dyn ObjectStore>>, files: Vec<Arc<DataFile>>) -> EstateTable {
-        EstateTable { layout, store, files }
+        EstateTable { layout, refused: None, store, files }
+    }
+
+    /// A table whose pinned version estate refuses to read, for `why`.
+    pub fn refused(layout: Arc<Layout>, why: String) -> EstateTable {
+        EstateTable { layout, refused: Some(why), store: None, files: Vec::new() }
     }
 
     /// The files that may hold rows matching `filters`.
-    fn prune(&self, state: &dyn Session, filters: &[Expr]) -> DfResult<Vec<&Arc<DataFile>>> {
-        let all = || self.files.iter().collect();
-        let Some(filter) = conjunction(filters.iter().cloned()) else { return Ok(all()) };
-        let df_schema = DFSchema::try_from(self.layout.schema.clone())?;
-        let expr = state.create_physical_expr(filter, &df_schema)?;
-        // A predicate the statistics cannot judge keeps every file; the
-        // filter itself still runs on the rows.
-        let Some(predicate) = PruningPredicateBuilder::new().with_file_schema(self.layout.schema.clone()).build(expr)
-        else {
-            return Ok(all());
-        };
-        let keep = predicate.prune(&FileStats { layout: &self.layout, files: &self.files })?;
-        Ok(self.files.iter().zip(keep).filter_map(|(f, k)| k.then_some(f)).collect())
+    ///
+    /// Pruning only ever narrows the scan: a predicate the statistics cannot
+    /// judge, or one DataFusion cannot turn into a pruning predicate, keeps
+    /// every file, and the filter itself still runs on the rows.
+    fn prune(&self, state: &dyn Session, filters: &[Expr]) -> Vec<&Arc<DataFile>> {
+        let Some(filter) = conjunction(filters.iter().cloned()) else { return self.files.iter().collect() };
+        let keep = DFSchema::try_from(self.layout.schema.clone())
+            .and_then(|df_schema| state.create_physical_expr(filter, &df_schema))
+            .map(|expr| PruningPredicateBuilder::new().with_file_schema(self.layout.schema.clone()).build(expr))
+            .and_then(|predicate| match predicate {
+                Some(p) => p.prune(&FileStats { layout: &self.layout, files: &self.files }).map(Some),
+                None => Ok(None),
+            });
+        match keep {
+            Ok(Some(keep)) => self.files.iter().zip(keep).filter_map(|(f, k)| k.then_some(f)).collect(),
+            Ok(None) => self.files.iter().collect(),
+            Err(e) => {
+                tracing::debug!(table = self.layout.kind.name(), error = %e, "file pruning skipped");
+                self.files.iter().collect()
+            }
+        }
     }
 }
 
@@ -296,7 +313,10 @@ impl TableProvider for EstateTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let files = self.prune(state, filters)?;
+        if let Some(why) = &self.refused {
+            return Err(DataFusionError::Plan(why.clone()));
+        }
+        let files = self.prune(state, filters);
         let Some(store) = self.store.as_ref().filter(|_| !files.is_empty()) else {
             let schema = match projection {
                 Some(p) => Arc::new(self.layout.schema.project(p)?),
@@ -308,8 +328,14 @@ impl TableProvider for EstateTable {
             Some(p) => p.iter().map(|i| self.layout.source_index[*i]).collect(),
             None => self.layout.source_index.clone(),
         };
+        // The store covers every tenant's files under a fixed URL. Sessions
+        // cannot name a URL or path of their own (the statement gate refuses
+        // CREATE EXTERNAL TABLE, COPY and every path-reading function), so the
+        // file list above is all a session can read through it.
         state.runtime_env().register_object_store(self.layout.url.as_ref(), store.clone());
-        let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
+        let mut options = state.table_options().parquet.clone();
+        options.global.schema_force_view_types = false;
+        let format = ParquetFormat::default().with_options(options);
         let source = format.file_source(TableSchema::builder(self.layout.file_schema.clone()).with_table_partition_cols(self.layout.partition_fields.clone()).build());
         let config = FileScanConfigBuilder::new(self.layout.url.clone(), source)
             .with_file_groups(groups(files, state.config().target_partitions()))
@@ -369,9 +395,27 @@ impl PruningStatistics for FileStats<'_> {
     }
 }
 
-/// Files of a version, reusing what an earlier version already parsed.
+/// The files of an earlier version by path, so that a new version reuses
+/// what was already parsed (see [`DataFile::reuse`]).
 pub fn reuse_index(previous: &[Arc<DataFile>]) -> HashMap<&str, &Arc<DataFile>> {
     previous.iter().map(|f| (f.path.as_str(), f)).collect()
+}
+
+impl DataFile {
+    /// The file action `f` as a [`DataFile`]: the one already parsed for an
+    /// earlier version when the path, size and modification time match,
+    /// else a newly parsed one.
+    pub fn reuse(layout: &Layout, f: &LogicalFileView, known: &HashMap<&str, &Arc<DataFile>>) -> Result<Arc<DataFile>, String> {
+        let same = |k: &&&Arc<DataFile>| {
+            u64::try_from(f.size()).is_ok_and(|size| size == k.file.object_meta.size)
+                && k.file.object_meta.last_modified.timestamp_millis() == f.modification_time()
+                && f.deletion_vector_descriptor().is_none()
+        };
+        match known.get(f.path().as_ref()).filter(same) {
+            Some(k) => Ok(Arc::clone(k)),
+            None => DataFile::from_log(layout, f).map(Arc::new),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -388,7 +432,7 @@ mod tests {
             assert_eq!(names, expected, "{kind:?}");
             assert_eq!(layout.schema.field_with_name("tenant").unwrap().data_type(), &partition_type());
             assert_eq!(layout.schema.field_with_name("date").unwrap().data_type(), &partition_type());
-            assert_eq!(layout.schema.field_with_name("poller").unwrap().data_type(), &DataType::Utf8View);
+            assert_eq!(layout.schema.field_with_name("poller").unwrap().data_type(), &DataType::Utf8);
             for (i, f) in layout.schema.fields().iter().enumerate() {
                 let j = layout.source_index[i];
                 let source = if j < layout.file_schema.fields().len() {
@@ -410,7 +454,67 @@ mod tests {
         assert_eq!(lo, ScalarValue::TimestampMicrosecond(Some(1_795_525_578_672_000), Some("UTC".into())));
         assert_eq!(hi, ScalarValue::TimestampMicrosecond(Some(1_795_525_578_672_999), Some("UTC".into())));
         assert_eq!(stat_value(&DataType::Int32, &serde_json::json!(1i64 << 40), false), None);
-        assert_eq!(stat_value(&DataType::Utf8View, &serde_json::json!(3), false), None);
+        assert_eq!(stat_value(&DataType::Utf8, &serde_json::json!(3), false), None);
+    }
+
+    /// A file of `events` for tenant `t` whose `time` and `node` lie in the
+    /// given ranges; `None` bounds are unknown statistics.
+    fn file(t: &str, time: Option<(i64, i64)>, node: Option<(&str, &str)>) -> Arc<DataFile> {
+        let layout = layout(TableKind::Events);
+        let cols = layout.file_schema.fields();
+        let mut min: Vec<ScalarValue> = cols.iter().map(|c| ScalarValue::try_from(c.data_type()).unwrap()).collect();
+        let mut max = min.clone();
+        let ts = |v| ScalarValue::TimestampMicrosecond(Some(v), Some("UTC".into()));
+        if let Some((lo, hi)) = time {
+            let i = layout.file_schema.index_of("time").unwrap();
+            (min[i], max[i]) = (ts(lo), ts(hi));
+        }
+        if let Some((lo, hi)) = node {
+            let i = layout.file_schema.index_of("node").unwrap();
+            (min[i], max[i]) = (ScalarValue::Utf8(Some(lo.into())), ScalarValue::Utf8(Some(hi.into())));
+        }
+        let path = format!("tenant={t}/date=2026-11-24/{}.parquet", uuid::Uuid::new_v4());
+        Arc::new(DataFile {
+            file: PartitionedFile::new(path.clone(), 1000)
+                .with_partition_values(vec![partition_value(t), partition_value("2026-11-24")]),
+            path,
+            tenant: t.into(),
+            rows: Some(10),
+            nulls: vec![Some(0); cols.len()],
+            min,
+            max,
+        })
+    }
+
+    #[tokio::test]
+    async fn pruning_keeps_every_file_that_may_match() {
+        use deltalake::datafusion::prelude::{SessionContext, col, lit};
+        const H: i64 = 3_600_000_000;
+        let files = vec![
+            file("a", Some((0, H)), Some(("n1", "n5"))),
+            file("a", Some((2 * H, 3 * H)), Some(("n6", "n9"))),
+            file("b", Some((2 * H, 3 * H)), None),
+            file("b", None, Some(("n1", "n9"))),
+        ];
+        let table = EstateTable::new(layout(TableKind::Events), None, files);
+        let state = SessionContext::new().state();
+        let kept = |filter: Expr| -> Vec<usize> {
+            let kept = table.prune(&state, &[filter]);
+            table.files.iter().enumerate().filter(|(_, f)| kept.iter().any(|k| Arc::ptr_eq(k, f))).map(|(i, _)| i).collect()
+        };
+        let ts = |v| lit(ScalarValue::TimestampMicrosecond(Some(v), Some("UTC".into())));
+        // Unknown statistics never prune.
+        assert_eq!(kept(col("time").gt_eq(ts(2 * H))), vec![1, 2, 3]);
+        assert_eq!(kept(col("time").lt(ts(H / 2))), vec![0, 3]);
+        // Bounds are inclusive.
+        assert_eq!(kept(col("time").eq(ts(H))), vec![0, 3]);
+        assert_eq!(kept(col("node").eq(lit("n7"))), vec![1, 2, 3]);
+        assert_eq!(kept(col("node").eq(lit("n7")).and(col("time").lt(ts(H)))), vec![3]);
+        // Partition values prune like any column.
+        assert_eq!(kept(col("tenant").eq(lit("b"))), vec![2, 3]);
+        assert_eq!(kept(col("tenant").eq(lit("c"))), Vec::<usize>::new());
+        // Predicates the statistics cannot judge keep every file.
+        assert_eq!(kept(col("details").like(lit("%x%"))), vec![0, 1, 2, 3]);
     }
 
     #[test]
@@ -424,5 +528,6 @@ mod tests {
         assert!(layout.check_table(&cm, &meta).unwrap_err().contains("protocol 2"));
         let other = serde_json::json!({"partitionColumns": ["date"]});
         assert!(layout.check_table(&serde_json::json!({"minReaderVersion": 1}), &other).is_err());
+        assert!(layout.check_table(&serde_json::json!({}), &meta).is_err());
     }
 }
