@@ -12,9 +12,12 @@
 //! columns natively.
 //!
 //! What the scan keeps from the contract:
-//! - the column order and types delta-rs exposed (`tenant` and `date` as
-//!   `Dictionary(UInt16, Utf8)`, strings as `Utf8View`), which the views,
-//!   the Flight SQL schemas and the DuckDB comparison rely on;
+//! - the contract's column order, with `tenant` and `date` as
+//!   `Dictionary(UInt16, Utf8)` as delta-rs exposed them. Other strings are
+//!   plain `Utf8`, not the `Utf8View` delta-rs used: DataFusion counts a
+//!   view column's shared buffers once per batch, so after a join the
+//!   `active_events` view was accounted at several times its size and
+//!   failed the default memory limit (docs/performance.md);
 //! - tenancy: a tenant's provider holds that tenant's files and no others;
 //! - files pruned at planning time by partition values and Delta min/max
 //!   statistics, so "files pruned" is what the plan skipped.
