@@ -9,7 +9,9 @@
 //!
 //! Tenancy is enforced here: when a snapshot is published, its active files
 //! are grouped by their `tenant` partition value, and a tenant's table
-//! provider is built with exactly that tenant's files ([`crate::scan`]).
+//! provider is built with exactly that tenant's files, whichever read path
+//! the version takes ([`crate::scan`] for tables as estate writes them,
+//! delta-rs's scan with a `FileSelection` for any other).
 //! Files of other tenants are never in the plan, the EXPLAIN output or any
 //! error message of that session.
 
@@ -19,6 +21,9 @@ use std::time::Duration;
 
 use deltalake::datafusion::catalog::TableProvider;
 use deltalake::datafusion::error::Result as DfResult;
+use deltalake::delta_datafusion::{DeltaScanNext, FileSelection};
+use deltalake::kernel::EagerSnapshot;
+use deltalake::logstore::LogStoreRef;
 use deltalake::{DeltaTable, ObjectStore};
 use estate_ingest::{Store, TableKind};
 
@@ -32,25 +37,48 @@ pub struct Pinned {
     /// Delta table version.
     pub version: i64,
     kind: TableKind,
-    store: Arc<dyn ObjectStore>,
-    /// Every active file.
-    all: Vec<Arc<DataFile>>,
-    /// Active files per tenant.
-    by_tenant: HashMap<String, Vec<Arc<DataFile>>>,
     /// Active files in the table.
     pub files: usize,
-    /// Why this version cannot be read, when it cannot; queries that read
-    /// the table fail with this message.
-    refused: Option<String>,
+    read: ReadPath,
+}
+
+/// How a pinned version is read.
+#[derive(Debug)]
+enum ReadPath {
+    /// A table as estate writes it: its files, with their statistics, go to
+    /// DataFusion's Parquet source ([`crate::scan`]).
+    Direct {
+        store: Arc<dyn ObjectStore>,
+        /// Every active file.
+        all: Vec<Arc<DataFile>>,
+        /// Active files per tenant.
+        by_tenant: HashMap<String, Vec<Arc<DataFile>>>,
+    },
+    /// Any other table (a Delta feature estate does not write, such as
+    /// deletion vectors or column mapping, enabled by another tool): read
+    /// through delta-rs's own DataFusion scan, which supports them, with the
+    /// same per-tenant file lists.
+    DeltaRs {
+        snapshot: Arc<EagerSnapshot>,
+        log_store: LogStoreRef,
+        /// Active file paths (relative to the table root) per tenant.
+        by_tenant: HashMap<String, Vec<String>>,
+    },
 }
 
 impl Pinned {
     /// Active files a principal may read.
     pub fn visible_files(&self, principal: &Principal) -> usize {
-        match principal {
-            Principal::Operator => self.files,
-            Principal::Tenant(t) => self.by_tenant.get(t).map_or(0, Vec::len),
+        let Principal::Tenant(t) = principal else { return self.files };
+        match &self.read {
+            ReadPath::Direct { by_tenant, .. } => by_tenant.get(t).map_or(0, Vec::len),
+            ReadPath::DeltaRs { by_tenant, .. } => by_tenant.get(t).map_or(0, Vec::len),
         }
+    }
+
+    /// Whether the version is read through delta-rs's scan.
+    pub fn through_delta_rs(&self) -> bool {
+        matches!(self.read, ReadPath::DeltaRs { .. })
     }
 }
 
@@ -146,29 +174,41 @@ impl Catalog {
     fn pin(&self, kind: TableKind, table: &DeltaTable, version: u64, previous: Option<&Pinned>) -> Result<Pinned> {
         let state = table.snapshot().map_err(|source| Error::Store { url: self.store.table_url(kind.name()).to_string(), source })?;
         let layout = layout(kind);
-        let store = table.log_store().object_store(None);
-        let refuse = |why: String| {
-            tracing::error!(table = kind.name(), version, reason = %why, "table version refused");
-            Ok(Pinned { version: version as i64, kind, store: store.clone(), all: Vec::new(), by_tenant: HashMap::new(), files: 0, refused: Some(why) })
+        let version = version as i64;
+        let through_delta_rs = |why: String| {
+            tracing::warn!(table = kind.name(), version, reason = %why, "not a table as estate writes it; reading it through delta-rs's scan");
+            let mut by_tenant: HashMap<String, Vec<String>> = HashMap::new();
+            let mut files = 0;
+            for f in state.log_data().iter() {
+                files += 1;
+                let tenant = f.partition_values_map().remove("tenant").flatten().unwrap_or_default();
+                by_tenant.entry(tenant).or_default().push(f.path().into_owned());
+            }
+            let read = ReadPath::DeltaRs { snapshot: Arc::new(state.snapshot().clone()), log_store: table.log_store(), by_tenant };
+            Ok(Pinned { version, kind, files, read })
         };
         let protocol = serde_json::to_value(state.protocol()).unwrap_or_default();
         let metadata = serde_json::to_value(state.metadata()).unwrap_or_default();
         if let Err(why) = layout.check_table(&protocol, &metadata) {
-            return refuse(why);
+            return through_delta_rs(why);
         }
-        let known = previous.map(|p| reuse_index(&p.all)).unwrap_or_default();
+        let known = match previous.map(|p| &p.read) {
+            Some(ReadPath::Direct { all, .. }) => reuse_index(all),
+            _ => HashMap::new(),
+        };
         let mut all = Vec::new();
         let mut by_tenant: HashMap<String, Vec<Arc<DataFile>>> = HashMap::new();
         for f in state.log_data().iter() {
             let file = match DataFile::reuse(&layout, &f, &known) {
                 Ok(file) => file,
-                Err(why) => return refuse(why),
+                Err(why) => return through_delta_rs(why),
             };
             by_tenant.entry(file.tenant.clone()).or_default().push(file.clone());
             all.push(file);
         }
         let files = all.len();
-        Ok(Pinned { version: version as i64, kind, store, all, by_tenant, files, refused: None })
+        let read = ReadPath::Direct { store: table.log_store().object_store(None), all, by_tenant };
+        Ok(Pinned { version, kind, files, read })
     }
 
     /// The snapshots of every table as they were at `as_of`: the last version
@@ -281,16 +321,30 @@ impl Catalog {
 /// Builds the table provider a principal reads: the pinned version,
 /// restricted to the principal's files; an empty table with the same
 /// columns when the table does not exist yet.
-pub fn provider(kind: TableKind, pinned: Option<&Arc<Pinned>>, principal: &Principal) -> DfResult<Arc<dyn TableProvider>> {
+pub async fn provider(
+    kind: TableKind,
+    pinned: Option<&Arc<Pinned>>,
+    principal: &Principal,
+) -> DfResult<Arc<dyn TableProvider>> {
     let Some(p) = pinned else {
         return Ok(Arc::new(EstateTable::new(layout(kind), None, Vec::new())));
     };
-    if let Some(why) = &p.refused {
-        return Ok(Arc::new(EstateTable::refused(layout(p.kind), why.clone())));
+    match &p.read {
+        ReadPath::Direct { store, all, by_tenant } => {
+            let files = match principal {
+                Principal::Operator => all.clone(),
+                Principal::Tenant(t) => by_tenant.get(t).cloned().unwrap_or_default(),
+            };
+            Ok(Arc::new(EstateTable::new(layout(p.kind), Some(store.clone()), files)))
+        }
+        ReadPath::DeltaRs { snapshot, log_store, by_tenant } => {
+            let mut builder =
+                DeltaScanNext::builder().with_log_store(log_store.clone()).with_eager_snapshot(snapshot.clone());
+            if let Principal::Tenant(t) = principal {
+                let paths = by_tenant.get(t).cloned().unwrap_or_default();
+                builder = builder.with_file_selection(FileSelection::from_file_paths(paths));
+            }
+            Ok(Arc::new(builder.build().await?))
+        }
     }
-    let files = match principal {
-        Principal::Operator => p.all.clone(),
-        Principal::Tenant(t) => p.by_tenant.get(t).cloned().unwrap_or_default(),
-    };
-    Ok(Arc::new(EstateTable::new(layout(p.kind), Some(p.store.clone()), files)))
 }

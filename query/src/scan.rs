@@ -22,10 +22,11 @@
 //! - files pruned at planning time by partition values and Delta min/max
 //!   statistics, so "files pruned" is what the plan skipped.
 //!
-//! A table this reader cannot read correctly (a reader protocol above 1,
-//! which is how column mapping and deletion vectors announce themselves,
-//! or other partition columns) is refused when it is pinned, with a message
-//! that says why; it is never read wrongly.
+//! A table version this reader cannot read correctly (a reader protocol
+//! above 1, which is how column mapping and deletion vectors announce
+//! themselves, other partition columns, or a file with a deletion vector)
+//! is recognised when it is pinned, and the catalog reads it through
+//! delta-rs's scan instead; it is never read wrongly.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
@@ -36,14 +37,15 @@ use deltalake::arrow::array::{ArrayRef, BooleanArray, UInt64Array};
 use deltalake::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef, TimeUnit};
 use deltalake::datafusion::catalog::{Session, TableProvider};
 use deltalake::datafusion::common::pruning::PruningStatistics;
-use deltalake::datafusion::common::{Column, DFSchema, ScalarValue};
+use deltalake::datafusion::common::stats::Precision;
+use deltalake::datafusion::common::{Column, ColumnStatistics, DFSchema, ScalarValue, Statistics};
 use deltalake::datafusion::datasource::TableType;
 use deltalake::datafusion::datasource::file_format::FileFormat;
 use deltalake::datafusion::datasource::file_format::parquet::ParquetFormat;
 use deltalake::datafusion::datasource::listing::PartitionedFile;
 use deltalake::datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
 use deltalake::datafusion::datasource::table_schema::TableSchema;
-use deltalake::datafusion::error::{DataFusionError, Result as DfResult};
+use deltalake::datafusion::error::Result as DfResult;
 use deltalake::datafusion::execution::object_store::ObjectStoreUrl;
 use deltalake::datafusion::logical_expr::utils::conjunction;
 use deltalake::datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
@@ -157,16 +159,12 @@ pub struct DataFile {
 }
 
 impl DataFile {
-    /// Reads one file action of the log. A refusal names the table but not
-    /// the file, since the message reaches every tenant's queries; the file
-    /// is in the service's log.
+    /// Reads one file action of the log; the error says why this reader
+    /// cannot read the file.
     pub fn from_log(layout: &Layout, f: &LogicalFileView) -> Result<DataFile, String> {
         let path = f.path().into_owned();
         let table = layout.kind.name();
-        let refuse = |why: &str| {
-            tracing::error!(table, file = %path, "{why}");
-            format!("table {table}: {why}; see the query service's log for the file")
-        };
+        let refuse = |why: &str| format!("table {table}, file {path}: {why}");
         if f.deletion_vector_descriptor().is_some() {
             return Err(refuse("a data file has a deletion vector, which estate does not read"));
         }
@@ -235,9 +233,6 @@ pub fn layout(kind: TableKind) -> Arc<Layout> {
 #[derive(Debug)]
 pub struct EstateTable {
     layout: Arc<Layout>,
-    /// Why the pinned version cannot be read, when it cannot: scanning the
-    /// table fails with this message (other tables stay readable).
-    refused: Option<String>,
     /// The table's store, rooted at the table; `None` for a table that does
     /// not exist yet (and so has no files).
     store: Option<Arc<dyn ObjectStore>>,
@@ -248,12 +243,7 @@ impl EstateTable {
     /// A table over `files` (already restricted to the principal), read from
     /// `store`.
     pub fn new(layout: Arc<Layout>, store: Option<Arc<dyn ObjectStore>>, files: Vec<Arc<DataFile>>) -> EstateTable {
-        EstateTable { layout, refused: None, store, files }
-    }
-
-    /// A table whose pinned version estate refuses to read, for `why`.
-    pub fn refused(layout: Arc<Layout>, why: String) -> EstateTable {
-        EstateTable { layout, refused: Some(why), store: None, files: Vec::new() }
+        EstateTable { layout, store, files }
     }
 
     /// The files that may hold rows matching `filters`.
@@ -316,9 +306,6 @@ impl TableProvider for EstateTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        if let Some(why) = &self.refused {
-            return Err(DataFusionError::Plan(why.clone()));
-        }
         let files = self.prune(state, filters);
         let Some(store) = self.store.as_ref().filter(|_| !files.is_empty()) else {
             let schema = match projection {
@@ -340,7 +327,18 @@ impl TableProvider for EstateTable {
         options.global.schema_force_view_types = false;
         let format = ParquetFormat::default().with_options(options);
         let source = format.file_source(TableSchema::builder(self.layout.file_schema.clone()).with_table_partition_cols(self.layout.partition_fields.clone()).build());
+        // Row counts from the log let DataFusion pick the smaller side of a
+        // join as its build side (in `active_events`, the open conditions
+        // rather than every stateful event).
+        let rows: Option<usize> = files.iter().map(|f| f.rows.and_then(|r| usize::try_from(r).ok())).sum();
+        let bytes = files.iter().map(|f| f.file.object_meta.size).sum::<u64>();
+        let statistics = Statistics {
+            num_rows: rows.map_or(Precision::Absent, Precision::Inexact),
+            total_byte_size: usize::try_from(bytes).map_or(Precision::Absent, Precision::Inexact),
+            column_statistics: vec![ColumnStatistics::new_unknown(); self.layout.source_index.len()],
+        };
         let config = FileScanConfigBuilder::new(self.layout.url.clone(), source)
+            .with_statistics(statistics)
             .with_file_groups(groups(files, state.config().target_partitions()))
             .with_projection_indices(Some(indices))?
             .with_limit(limit)

@@ -171,7 +171,7 @@ impl SessionFactory {
             .build();
         let ctx = SessionContext::new_with_state(state);
         for kind in TableKind::ALL {
-            let table = provider(kind, snapshots.get(kind), principal)?;
+            let table = provider(kind, snapshots.get(kind), principal).await?;
             ctx.register_table(base_table_name(kind), table)?;
         }
         // Views read only base tables (a unit test checks it), so the names

@@ -498,6 +498,47 @@ fn limits_and_live_commits() {
     assert_eq!(q.post(Some(ACME), "SELECT 1", "application/json").0, 200);
 }
 
+/// A table with a Delta feature estate does not write itself (here deletion
+/// vectors, as another tool might enable) is read through delta-rs's scan:
+/// the same answers, the same tenancy.
+#[test]
+fn foreign_delta_features_fall_back_to_delta_rs() {
+    let q = QueryServer::start(&[]);
+    let sql = [
+        "SELECT tenant, level, count(*) AS n FROM events GROUP BY tenant, level ORDER BY tenant, level",
+        "SELECT node, event, element, state FROM events ORDER BY node, time, event, element",
+        "SELECT tenant, node, event, element FROM active_events ORDER BY tenant, node, event, element",
+        "SELECT tenant, poller, status FROM pollers ORDER BY tenant, poller",
+    ];
+    let answers = |token: &str| sql.iter().map(|s| q.rows(token, s)).collect::<Vec<_>>();
+    let before = (answers(NOC), answers(ACME));
+    assert!(before.1[1].len() > 10, "acme has events");
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let store = Store::open(q.store.to_str().unwrap(), Default::default(), None).unwrap();
+        let mut table = store.table("events").unwrap();
+        table.load().await.unwrap();
+        table
+            .add_feature()
+            .with_feature(deltalake::kernel::TableFeatures::DeletionVectors)
+            .with_allow_protocol_versions_increase(true)
+            .await
+            .expect("enabling deletion vectors");
+    });
+    let t = Instant::now();
+    while !q.log_text().contains("reading it through delta-rs's scan") {
+        assert!(t.elapsed() < Duration::from_secs(10), "the new protocol was not noticed:\n{}", q.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    assert_eq!((answers(NOC), answers(ACME)), before);
+    assert_eq!(q.count(ACME, "SELECT count(*) FROM events"), 48);
+    let (status, _, body) = q.post(Some(ACME), "EXPLAIN SELECT * FROM events", "application/json");
+    assert_no_leak("EXPLAIN through delta-rs", status, &body, &q.store);
+    assert!(String::from_utf8_lossy(&body).contains("tenant=acme"), "{}", String::from_utf8_lossy(&body));
+}
+
 #[test]
 fn empty_estate_answers_empty() {
     let q = QueryServer::start_with(|_| {}, &[]);
