@@ -75,11 +75,6 @@ impl Pinned {
             ReadPath::DeltaRs { by_tenant, .. } => by_tenant.get(t).map_or(0, Vec::len),
         }
     }
-
-    /// Whether the version is read through delta-rs's scan.
-    pub fn through_delta_rs(&self) -> bool {
-        matches!(self.read, ReadPath::DeltaRs { .. })
-    }
 }
 
 #[derive(Debug)]

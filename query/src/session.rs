@@ -144,11 +144,13 @@ impl SessionFactory {
         let mut config = config;
         config.options_mut().optimizer.enable_distinct_aggregation_soft_limit = false;
         config.options_mut().execution.sort_spill_reservation_bytes = sort_reservation(self.memory, self.threads);
-        // delta-rs puts every file of a scan in one group, and DataFusion
-        // only splits groups over 10 MiB across threads. The side tables'
-        // files are a few KiB each, so `nodes` and `pollers` read their ten
-        // files one after another on one thread: splitting them took query
-        // 08 from 23 to 15 ms and 06 from 23 to 15 ms (2M-event bench store).
+        // DataFusion only re-splits a scan's file groups across threads
+        // above 10 MiB. Measured when delta-rs's scan put every file in one
+        // group: the side tables' few-KiB files were read one after another,
+        // and splitting them took queries 06 and 08 from 23 to 15 ms
+        // (2M-event bench store). estate's own scan groups files per thread
+        // (crate::scan) and a table estate did not write may still take
+        // delta-rs's path, so the minimum stays at 0.
         config.options_mut().optimizer.repartition_file_min_size = 0;
         let pool = TrackConsumersPool::new(FairSpillPool::new(self.memory), NonZeroUsize::new(3).expect("3 > 0"));
         let disk = match &self.spill_dir {
