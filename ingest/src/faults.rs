@@ -79,6 +79,10 @@ impl FaultyStore {
     async fn write_gate(&self, path: &Path) -> Result<()> {
         self.maybe_delay().await;
         if self.spec.fail_writes > 0.0 && rand::rng().random_bool(self.spec.fail_writes) {
+            // Logged here, not only by whoever sees the error: delta-rs may
+            // retry a failed log write or wrap the error without its text, and
+            // a test must be able to tell that faults were really injected.
+            tracing::warn!(%path, "FaultyStore: injected write failure");
             return Err(object_store::Error::Generic {
                 store: "FaultyStore",
                 source: format!("injected write failure on {path}").into(),

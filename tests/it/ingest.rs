@@ -272,7 +272,7 @@ fn store_faults_do_not_lose_or_double() {
         &brokers,
         &store,
         "g-faults",
-        &["--test-inject-store-faults", "fail=0.1,delay=40ms,delay_share=0.2", "--flush-max-rows", "5000", "--deduped-topic", ""],
+        &["--test-inject-store-faults", "fail=0.1,delay=40ms,delay_share=0.2", "--flush-max-rows", "1000", "--deduped-topic", ""],
         dir.path(),
         0,
     );
