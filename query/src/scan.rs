@@ -32,7 +32,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
-use deltalake::ObjectStore;
+use deltalake::{ObjectMeta, ObjectStore};
 use deltalake::arrow::array::{ArrayRef, BooleanArray, UInt64Array};
 use deltalake::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef, TimeUnit};
 use deltalake::datafusion::catalog::{Session, TableProvider};
@@ -63,6 +63,8 @@ pub struct Layout {
     kind: TableKind,
     /// The columns as queries see them, in contract order.
     schema: SchemaRef,
+    /// `schema` for planning filters into pruning predicates.
+    df_schema: DFSchema,
     /// The columns stored in the data files, in contract order.
     file_schema: SchemaRef,
     /// `tenant` and `date`, in [`PARTITION_COLUMNS`] order.
@@ -114,7 +116,8 @@ impl Layout {
             .collect();
         let url = ObjectStoreUrl::parse(format!("estate-{}://table", kind.name()))
             .expect("a valid object store URL");
-        Layout { kind, schema, file_schema, partition_fields, source_index, url }
+        let df_schema = DFSchema::try_from(schema.clone()).expect("contract columns have unique names");
+        Layout { kind, schema, df_schema, file_schema, partition_fields, source_index, url }
     }
 
     /// Checks that the pinned table is one this reader reads correctly.
@@ -126,7 +129,7 @@ impl Layout {
         if reader > 1 {
             let features = protocol.get("readerFeatures").map(ToString::to_string).unwrap_or_else(|| "none listed".into());
             return Err(format!(
-                "table {table} needs Delta reader protocol {reader} (reader features: {features}); estate reads protocol 1 tables only, which is what estate ingest writes"
+                "table {table} needs Delta reader protocol {reader} (reader features: {features}); estate's own scan reads protocol 1 tables only, which is what estate ingest writes"
             ));
         }
         let partitions: Vec<&str> = metadata
@@ -173,13 +176,11 @@ impl DataFile {
         let tenant = value("tenant")?;
         let date = value("date")?;
         let size = u64::try_from(f.size()).map_err(|_| refuse("a data file has a negative size"))?;
-        let mut file = PartitionedFile::new(path.clone(), size)
+        // The footer cache checks size and modification time.
+        let last_modified = chrono::DateTime::from_timestamp_millis(f.modification_time()).unwrap_or_default();
+        let meta = ObjectMeta { location: f.object_store_path(), last_modified, size, e_tag: None, version: None };
+        let file = PartitionedFile::new_from_meta(meta)
             .with_partition_values(vec![partition_value(&tenant), partition_value(&date)]);
-        file.object_meta.location = f.object_store_path();
-        if let Some(t) = chrono::DateTime::from_timestamp_millis(f.modification_time()) {
-            // The footer cache checks size and modification time.
-            file.object_meta.last_modified = t;
-        }
         let stats: serde_json::Value = f.stats().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
         let columns = layout.file_schema.fields();
         let bound = |key: &str, upper: bool| -> Vec<ScalarValue> {
@@ -202,6 +203,21 @@ impl DataFile {
             .collect();
         let rows = stats.get("numRecords").and_then(serde_json::Value::as_u64);
         Ok(DataFile { path, tenant, file, rows, min, max, nulls })
+    }
+
+    /// The file action `f` as a [`DataFile`]: the one already parsed for an
+    /// earlier version when the path, size and modification time match,
+    /// else a newly parsed one.
+    pub fn reuse(layout: &Layout, f: &LogicalFileView, known: &HashMap<&str, &Arc<DataFile>>) -> Result<Arc<DataFile>, String> {
+        let same = |k: &&&Arc<DataFile>| {
+            u64::try_from(f.size()).is_ok_and(|size| size == k.file.object_meta.size)
+                && k.file.object_meta.last_modified.timestamp_millis() == f.modification_time()
+                && f.deletion_vector_descriptor().is_none()
+        };
+        match known.get(f.path().as_ref()).filter(same) {
+            Some(k) => Ok(Arc::clone(k)),
+            None => DataFile::from_log(layout, f).map(Arc::new),
+        }
     }
 }
 
@@ -253,8 +269,8 @@ impl EstateTable {
     /// every file, and the filter itself still runs on the rows.
     fn prune(&self, state: &dyn Session, filters: &[Expr]) -> Vec<&Arc<DataFile>> {
         let Some(filter) = conjunction(filters.iter().cloned()) else { return self.files.iter().collect() };
-        let keep = DFSchema::try_from(self.layout.schema.clone())
-            .and_then(|df_schema| state.create_physical_expr(filter, &df_schema))
+        let keep = state
+            .create_physical_expr(filter, &self.layout.df_schema)
             .map(|expr| PruningPredicateBuilder::new().with_file_schema(self.layout.schema.clone()).build(expr))
             .and_then(|predicate| match predicate {
                 Some(p) => p.prune(&FileStats { layout: &self.layout, files: &self.files }).map(Some),
@@ -402,22 +418,6 @@ pub fn reuse_index(previous: &[Arc<DataFile>]) -> HashMap<&str, &Arc<DataFile>> 
     previous.iter().map(|f| (f.path.as_str(), f)).collect()
 }
 
-impl DataFile {
-    /// The file action `f` as a [`DataFile`]: the one already parsed for an
-    /// earlier version when the path, size and modification time match,
-    /// else a newly parsed one.
-    pub fn reuse(layout: &Layout, f: &LogicalFileView, known: &HashMap<&str, &Arc<DataFile>>) -> Result<Arc<DataFile>, String> {
-        let same = |k: &&&Arc<DataFile>| {
-            u64::try_from(f.size()).is_ok_and(|size| size == k.file.object_meta.size)
-                && k.file.object_meta.last_modified.timestamp_millis() == f.modification_time()
-                && f.deletion_vector_descriptor().is_none()
-        };
-        match known.get(f.path().as_ref()).filter(same) {
-            Some(k) => Ok(Arc::clone(k)),
-            None => DataFile::from_log(layout, f).map(Arc::new),
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {
