@@ -105,7 +105,7 @@ pub struct CapacityArgs {
     pub marker_tenant: String,
 
     /// How often the query service is asked for the markers not yet seen.
-    #[arg(long, env = "ESTATE_CAPACITY_POLL_INTERVAL", default_value = "200ms", value_parser = estate_poller::parse_duration)]
+    #[arg(long, env = "ESTATE_CAPACITY_POLL_INTERVAL", default_value = "50ms", value_parser = estate_poller::parse_duration)]
     pub poll_interval: Duration,
 
     /// How often ingest's metrics are scraped and the group's lag is read.

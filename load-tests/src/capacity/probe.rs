@@ -23,8 +23,10 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// At most this many markers per query (the oldest unseen first).
 const MAX_IDS_PER_QUERY: usize = 500;
 /// Marker queries look back this far before the oldest unseen marker's
-/// event time, so clock steps cannot hide one.
-const LOOKBACK_MS: i64 = 60_000;
+/// event time. The stored time is the marker's own, so this is only a
+/// margin; it is kept short because every file in the window is opened by
+/// every poll, and the probe should not be a load of its own.
+const LOOKBACK_MS: i64 = 5_000;
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -163,7 +165,8 @@ pub(crate) fn marker_sql(tenant: &str, since_ms: i64, ids: &[&str]) -> String {
 }
 
 /// Asks the query service every `interval` for the markers not yet seen
-/// and stamps each with the moment the first answer holding it arrived.
+/// and stamps each with the moment the first query whose answer held it
+/// was sent.
 pub(crate) fn poll_markers(p: &Probes, query_url: &str, token: &str, tenant: &str, interval: Duration) {
     while p.pause(interval) {
         let (ids, since) = {
@@ -176,13 +179,16 @@ pub(crate) fn poll_markers(p: &Probes, query_url: &str, token: &str, tenant: &st
             continue;
         }
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        // The service pins its snapshot as the query arrives, so a marker in
+        // the answer was queryable by the moment the query was sent (give or
+        // take the loopback hop), not only by the moment the answer came.
+        let asked = p.now_s();
         match verify::sql(query_url, token, &marker_sql(tenant, since, &refs), PROBE_TIMEOUT) {
             Ok(rows) => {
-                let now = p.now_s();
                 p.queries.fetch_add(1, Ordering::Relaxed);
                 let found: std::collections::HashSet<&str> = rows.iter().filter_map(|r| r["event_id"].as_str()).collect();
                 for m in lock(&p.markers).iter_mut().filter(|m| m.rec.seen_s.is_none() && found.contains(m.event_id.as_str())) {
-                    m.rec.seen_s = Some(now);
+                    m.rec.seen_s = Some(asked);
                 }
             }
             Err(e) => {

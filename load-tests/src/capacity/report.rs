@@ -76,7 +76,8 @@ pub struct MarkerRecord {
     pub step: usize,
     /// Seconds since the run started when it was handed to the producer.
     pub sent_s: f64,
-    /// Seconds since the run started when a query answer first held it.
+    /// Seconds since the run started when the first query whose answer held
+    /// it was sent.
     pub seen_s: Option<f64>,
 }
 
