@@ -179,9 +179,9 @@ pub(crate) fn poll_markers(p: &Probes, query_url: &str, token: &str, tenant: &st
             continue;
         }
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-        // The service pins its snapshot as the query arrives, so a marker in
-        // the answer was queryable by the moment the query was sent (give or
-        // take the loopback hop), not only by the moment the answer came.
+        // The service pins its snapshot when it plans the query (after
+        // admission and parsing), so a marker in the answer was queryable
+        // about when the query was sent, not only when the answer came.
         let asked = p.now_s();
         match verify::sql(query_url, token, &marker_sql(tenant, since, &refs), PROBE_TIMEOUT) {
             Ok(rows) => {
