@@ -3,23 +3,27 @@
 //! the zombie fence described in `ARCHITECTURE.md`.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deltalake::arrow::array::RecordBatch;
 use deltalake::arrow::datatypes::SchemaRef;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
+use deltalake::checkpoints;
 use deltalake::kernel::transaction::{
-    CommitBuilder, CommitConflictError, CommitProperties, TransactionError,
+    CommitBuilder, CommitConflictError, CommitData, CommitProperties, PROTOCOL, TransactionError,
 };
 use deltalake::kernel::{Action, Add, StructType, Transaction};
 use deltalake::operations::create::CreateBuilder;
 use deltalake::parquet::basic::{Compression, Encoding, ZstdLevel};
 use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::parquet::schema::types::ColumnPath;
+use deltalake::logstore::CommitOrBytes;
 use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::table::config::TablePropertiesExt as _;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError};
 use estate_schemas::PARTITION_COLUMNS;
+use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::store::Store;
@@ -125,48 +129,97 @@ pub fn writer_properties(kind: TableKind) -> WriterProperties {
     b.build()
 }
 
-/// A loaded Delta table plus the writer settings for it.
+/// A table as one ingest instance writes it.
+///
+/// The sink keeps a view of the table's Delta log instead of following it
+/// with delta-rs's snapshot. delta-rs re-lists and re-processes every active
+/// file of the table when it brings a loaded snapshot forward, on a refresh
+/// and again after every commit. That cost grows with the file count; at 30k
+/// events/s it was most of each flush. A blind append does not need the file
+/// list: it needs the log's newest version, the application transactions
+/// (for the fence), and proof that nobody changed the schema or protocol
+/// underneath it. Those are in the commit files themselves, one small JSON
+/// file per commit, so that is what the sink reads (see docs/ingest.md,
+/// "How a commit is written").
 #[derive(Debug)]
 pub struct DeltaSink {
     kind: TableKind,
+    /// The table with its file list, loaded at `view.base`. Restore reads it;
+    /// blind commits take its schema, partition columns, protocol and
+    /// configuration, which no commit since `base` has changed.
     table: DeltaTable,
-    txns: TxnCache,
+    view: LogView,
     /// Commits made through this sink.
     commits: u64,
+    /// The checkpoint being written in the background, if any.
+    checkpoint: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// The application transaction versions this sink has seen, exact as of one
-/// table version. Reading a version from the snapshot replays the log since
-/// the last checkpoint (tens of ms per partition per flush, growing between
-/// checkpoints); the cache is brought forward instead by reading only the
-/// commits made since, which is one small JSON file per commit.
-#[derive(Debug, Default)]
-struct TxnCache {
-    /// The table version the entries are exact at.
-    at: Option<u64>,
-    /// app id -> stored version (`None`: known to have none).
+/// What the sink knows of the log beyond its loaded snapshot.
+#[derive(Debug)]
+struct LogView {
+    /// The version of the loaded snapshot.
+    base: Option<u64>,
+    /// The newest version this sink has read or written.
+    head: Option<u64>,
+    /// app id -> stored version (`None`: known to have none), exact as of
+    /// `head`. An app id that is missing has had no transaction since `base`,
+    /// so the loaded snapshot answers for it.
     versions: HashMap<String, Option<i64>>,
+    /// When the view last reached the end of the log.
+    read_at: Instant,
 }
 
-/// A sink's commits between two expired-log clean-ups.
+impl LogView {
+    fn at(version: Option<u64>) -> LogView {
+        LogView { base: version, head: version, versions: HashMap::new(), read_at: Instant::now() }
+    }
+}
+
+/// A sink's commits between two expired-log clean-ups on the CommitBuilder path.
 const LOG_CLEANUP_EVERY: u64 = 100;
 
-/// Commits the cache will read to catch up before it gives up and starts
-/// again from the snapshot.
+/// Commits the view reads to catch up before it reloads the table instead.
 const TXN_CATCH_UP_MAX: u64 = 1000;
 
-/// The `txn` actions of one commit file, in order.
-fn commit_txns(bytes: &[u8]) -> std::result::Result<Vec<(String, i64)>, serde_json::Error> {
-    let mut out = Vec::new();
+/// A view older than this is rebuilt from a full load before the next commit.
+/// Expired-log clean-up deletes commit files only after 30 days (Delta's
+/// default log retention), so a view this fresh can never step over a
+/// version that was cleaned up and reuse its number.
+const VIEW_MAX_AGE: Duration = Duration::from_secs(600);
+
+/// What one commit file says that matters to a blind append.
+#[derive(Debug, Default, PartialEq)]
+struct CommitScan {
+    /// The `txn` actions, in order.
+    txns: Vec<(String, i64)>,
+    /// The commit changed the table's metadata or protocol.
+    changes_table: bool,
+}
+
+/// Reads a commit file's `txn`, `metaData` and `protocol` actions.
+fn scan_commit(bytes: &[u8]) -> std::result::Result<CommitScan, serde_json::Error> {
+    let mut out = CommitScan::default();
     for line in bytes.split(|b| *b == b'\n').filter(|l| !l.iter().all(u8::is_ascii_whitespace)) {
         let v: serde_json::Value = serde_json::from_slice(line)?;
-        if let Some(t) = v.get("txn")
-            && let (Some(id), Some(version)) = (t.get("appId").and_then(|x| x.as_str()), t.get("version").and_then(|x| x.as_i64()))
-        {
-            out.push((id.to_string(), version));
+        if let Some(t) = v.get("txn") {
+            if let (Some(id), Some(version)) = (t.get("appId").and_then(|x| x.as_str()), t.get("version").and_then(|x| x.as_i64())) {
+                out.txns.push((id.to_string(), version));
+            }
+        } else if v.get("metaData").is_some() || v.get("protocol").is_some() {
+            out.changes_table = true;
         }
     }
     Ok(out)
+}
+
+/// How far reading the log got.
+enum LogRead {
+    /// Reached the end of the log; `changed`: a commit read changed the
+    /// table's metadata or protocol.
+    AtEnd { changed: bool },
+    /// Stopped after [`TXN_CATCH_UP_MAX`] commits.
+    Behind,
 }
 
 impl DeltaSink {
@@ -183,7 +236,7 @@ impl DeltaSink {
                 .map_err(Error::delta(name))?;
             if exists {
                 match table.load().await {
-                    Ok(()) => return Ok(DeltaSink { kind, table, txns: TxnCache::default(), commits: 0 }),
+                    Ok(()) => return Ok(DeltaSink::new(kind, table)),
                     Err(e) if attempt < 4 => {
                         tracing::debug!(table = name, error = %e, "load raced with creation; retrying");
                         tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
@@ -208,7 +261,7 @@ impl DeltaSink {
             match created {
                 Ok(t) => {
                     tracing::info!(table = name, "created table");
-                    return Ok(DeltaSink { kind, table: t, txns: TxnCache::default(), commits: 0 });
+                    return Ok(DeltaSink::new(kind, t));
                 }
                 Err(e) => {
                     // Another instance created it first: load theirs.
@@ -220,19 +273,110 @@ impl DeltaSink {
         Err(Error::Config(format!("could not load or create table {name}")))
     }
 
+    fn new(kind: TableKind, table: DeltaTable) -> DeltaSink {
+        let view = LogView::at(table.version());
+        DeltaSink { kind, table, view, commits: 0, checkpoint: None }
+    }
+
     /// Which table.
     pub fn kind(&self) -> TableKind {
         self.kind
     }
 
-    /// The loaded table.
+    /// The loaded table, as of the last [`refresh`](Self::refresh) (commits
+    /// since then are not in its file list).
     pub fn table(&self) -> &DeltaTable {
         &self.table
     }
 
-    /// Reads new commits incrementally.
+    /// Loads the table's newest version with its file list and rebases the
+    /// view on it. Restore calls this before it reads the table.
     pub async fn refresh(&mut self) -> Result<()> {
-        self.table.update_incremental(None).await.map_err(Error::delta(self.kind.name()))
+        let name = self.kind.name();
+        self.table.update_incremental(None).await.map_err(Error::delta(name))?;
+        let now = self.table.version();
+        // Bring the cache over the commits between the view's head and the
+        // new base, so what it holds stays exact; on any doubt, start empty.
+        let carried = match (self.view.head, now) {
+            (Some(head), Some(now)) if now >= head && now - head <= TXN_CATCH_UP_MAX => {
+                self.read_commits(head + 1, Some(now)).await.map(|_| ())
+            }
+            _ => Err("the loaded version is not ahead of the view".to_string()),
+        };
+        if let Err(e) = carried {
+            tracing::debug!(table = name, error = %e, "starting the transaction cache afresh from the snapshot");
+            self.view.versions.clear();
+        }
+        self.view.base = now;
+        self.view.head = now;
+        self.view.read_at = Instant::now();
+        Ok(())
+    }
+
+    /// Reads the commit files from version `from` on, up to `until` (which
+    /// must all exist) or else to the end of the log, applying their
+    /// application transactions to the view and moving its head.
+    async fn read_commits(&mut self, from: u64, until: Option<u64>) -> std::result::Result<LogRead, String> {
+        let store = self.table.log_store();
+        let mut changed = false;
+        let mut v = from;
+        while until.is_none_or(|u| v <= u) {
+            if v - from >= TXN_CATCH_UP_MAX {
+                return Ok(LogRead::Behind);
+            }
+            let bytes = match store.read_commit_entry(v).await {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) if until.is_none() => break,
+                Ok(None) => return Err(format!("commit {v} is gone")),
+                Err(e) => return Err(format!("commit {v}: {e}")),
+            };
+            let scan = scan_commit(&bytes).map_err(|e| format!("commit {v}: {e}"))?;
+            for (id, version) in scan.txns {
+                self.view.versions.insert(id, Some(version));
+            }
+            changed |= scan.changes_table;
+            self.view.head = Some(v);
+            v += 1;
+        }
+        Ok(LogRead::AtEnd { changed })
+    }
+
+    /// Whether this sink writes its commits itself, as a conditional put of
+    /// the next log entry. delta-rs's default log store (local files, S3 with
+    /// conditional put, GCS, Azure, memory) commits that way too; any other
+    /// log store goes through delta-rs's CommitBuilder.
+    fn writes_blind(&self) -> bool {
+        self.table.log_store().name() == "DefaultLogStore"
+    }
+
+    /// Brings the view to the end of the log before the fence check. Returns
+    /// whether the commit may be written blind.
+    async fn catch_up(&mut self) -> Result<bool> {
+        let name = self.kind.name();
+        let Some(head) = self.view.head else {
+            self.refresh().await?;
+            return Ok(false);
+        };
+        if !self.writes_blind() || self.view.read_at.elapsed() > VIEW_MAX_AGE {
+            self.refresh().await?;
+            return Ok(self.writes_blind());
+        }
+        match self.read_commits(head + 1, None).await {
+            Ok(LogRead::AtEnd { changed: false }) => {
+                self.view.read_at = Instant::now();
+                Ok(true)
+            }
+            Ok(LogRead::AtEnd { changed: true }) => {
+                tracing::info!(table = name, "another writer changed the table's metadata or protocol; reloading it");
+                self.refresh().await?;
+                Ok(true)
+            }
+            Ok(LogRead::Behind) => {
+                self.refresh().await?;
+                Ok(true)
+            }
+            Err(e) => Err(Error::delta(name)(DeltaTableError::Generic(format!("reading the log: {e}")))),
+        }
     }
 
     /// The stored version (last committed offset) of an app id on the loaded snapshot.
@@ -244,55 +388,16 @@ impl DeltaSink {
             .map_err(Error::delta(self.kind.name()))
     }
 
-    /// Like [`version_of`](Self::version_of), on the loaded snapshot, but
-    /// from the cache, brought forward over the commits made since it was
-    /// last exact.
+    /// The stored version of an app id as of the view's head: from the cache,
+    /// or else from the loaded snapshot, since no commit after it names the
+    /// app id.
     async fn stored_version(&mut self, app_id: &str) -> Result<Option<i64>> {
-        let now = self.table.version();
-        if self.txns.at != now {
-            self.catch_up_txns(now).await;
-        }
-        if let Some(v) = self.txns.versions.get(app_id) {
+        if let Some(v) = self.view.versions.get(app_id) {
             return Ok(*v);
         }
         let v = self.version_of(app_id).await?;
-        self.txns.versions.insert(app_id.to_string(), v);
+        self.view.versions.insert(app_id.to_string(), v);
         Ok(v)
-    }
-
-    /// Brings the cache to table version `now` by reading the commits after
-    /// the one it is exact at; on any doubt it is emptied and refilled from
-    /// the snapshot.
-    async fn catch_up_txns(&mut self, now: Option<u64>) {
-        let from = match (self.txns.at, now) {
-            (Some(at), Some(now)) if now > at && now - at <= TXN_CATCH_UP_MAX => at + 1,
-            _ => {
-                self.txns = TxnCache { at: now, versions: HashMap::new() };
-                return;
-            }
-        };
-        let Some(now) = now else { return };
-        let store = self.table.log_store();
-        for v in from..=now {
-            let txns = match store.read_commit_entry(v).await {
-                Ok(Some(bytes)) => commit_txns(&bytes).map_err(|e| e.to_string()),
-                Ok(None) => Err("the commit file is gone".to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            match txns {
-                Ok(txns) => {
-                    for (id, version) in txns {
-                        self.txns.versions.insert(id, Some(version));
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(table = self.kind.name(), version = v, error = %e, "cannot read a commit's transactions; reading them from the snapshot");
-                    self.txns = TxnCache { at: Some(now), versions: HashMap::new() };
-                    return;
-                }
-            }
-        }
-        self.txns.at = Some(now);
     }
 
     /// Writes batches as Parquet files (not yet visible to anyone) and returns
@@ -311,12 +416,12 @@ impl DeltaSink {
         writer.flush().await.map_err(Error::delta(name))
     }
 
-    /// The fenced commit: refresh, check every claim against the stored
-    /// version, then commit `adds` with all claims as application
-    /// transactions on that same snapshot. Retries transient failures with
-    /// jittered backoff until committed or a claim is lost. The Parquet files
-    /// are written once (again only after a failed write).
-    /// Returns the outcome and the Parquet bytes committed.
+    /// The fenced commit: bring the view to the end of the log, check every
+    /// claim against the stored version, then commit `adds` with all claims
+    /// as application transactions as the very next version. Retries
+    /// transient failures with jittered backoff until committed or a claim is
+    /// lost. The Parquet files are written once (again only after a failed
+    /// write). Returns the outcome and the Parquet bytes committed.
     pub async fn commit_fenced(&mut self, claims: &[TxnClaim], batches: &[RecordBatch]) -> Result<(CommitOutcome, u64)> {
         let name = self.kind.name();
         let mut adds: Option<Vec<Add>> = None;
@@ -331,22 +436,25 @@ impl DeltaSink {
             if attempt > 1 {
                 backoff(attempt).await;
             }
-            let t_refresh = std::time::Instant::now();
-            if let Err(e) = self.refresh().await {
-                tracing::warn!(table = name, error = %e, attempt, "refreshing table failed; retrying");
-                continue;
-            }
-            let refresh_took = t_refresh.elapsed();
-            let t_check = std::time::Instant::now();
+            let t_read = Instant::now();
+            let blind = match self.catch_up().await {
+                Ok(blind) => blind,
+                Err(e) => {
+                    tracing::warn!(table = name, error = %e, attempt, "reading the table's log failed; retrying");
+                    continue;
+                }
+            };
+            let read_took = t_read.elapsed();
+            let t_check = Instant::now();
             let mut lost = Vec::new();
             let mut done = 0;
+            let mut unreadable = false;
             for c in claims {
                 let stored = match self.stored_version(&c.app_id).await {
                     Ok(v) => v,
                     Err(e) => {
                         tracing::warn!(table = name, error = %e, "reading app transaction failed");
-                        lost.clear();
-                        done = usize::MAX;
+                        unreadable = true;
                         break;
                     }
                 };
@@ -356,7 +464,7 @@ impl DeltaSink {
                     lost.push(c.app_id.clone());
                 }
             }
-            if done == usize::MAX {
+            if unreadable {
                 continue;
             }
             if done == claims.len() && done > 0 {
@@ -373,7 +481,7 @@ impl DeltaSink {
                 return Ok((CommitOutcome::Lost(all), 0));
             }
             let check_took = t_check.elapsed();
-            let t_write = std::time::Instant::now();
+            let t_write = Instant::now();
             if adds.is_none() {
                 match self.write_files(batches).await {
                     Ok(a) => adds = Some(a),
@@ -384,48 +492,38 @@ impl DeltaSink {
                 }
             }
             let write_took = t_write.elapsed();
-            let t_commit = std::time::Instant::now();
+            let t_commit = Instant::now();
             let actions: Vec<Action> = adds.clone().unwrap_or_default().into_iter().map(Action::Add).collect();
-            let txns = claims.iter().map(|c| Transaction::new(&c.app_id, c.target)).collect();
-            // Expired-log clean-up lists the whole `_delta_log` directory, so
-            // it runs with every hundredth commit, not every one.
-            let props = CommitProperties::default()
-                .with_application_transactions(txns)
-                .with_max_retries(15)
-                .with_cleanup_expired_logs((!self.commits.is_multiple_of(LOG_CLEANUP_EVERY)).then_some(false));
-            let snapshot = self.table.snapshot().map_err(Error::delta(name))?;
+            let txns: Vec<Transaction> = claims.iter().map(|c| Transaction::new(&c.app_id, c.target)).collect();
             let op = DeltaOperation::Write {
                 mode: SaveMode::Append,
                 partition_by: Some(PARTITION_COLUMNS.iter().map(|s| s.to_string()).collect()),
                 predicate: None,
             };
-            let base = snapshot.version();
-            let result = CommitBuilder::from(props)
-                .with_actions(actions)
-                .build(Some(snapshot), self.table.log_store(), op)
-                .await;
+            let result = if blind {
+                self.commit_blind(actions, txns, op).await
+            } else {
+                self.commit_with_builder(actions, txns, op).await
+            };
             match result {
-                Ok(done) => {
-                    // Carry on from the state after this commit (the post-commit
-                    // hook has already brought it forward), so the next refresh
-                    // has nothing of ours to replay.
-                    if done.version == base + 1 && self.txns.at == Some(base) {
+                Ok(Some(version)) => {
+                    if self.view.head.map(|h| h + 1) == Some(version) {
                         for c in claims {
-                            self.txns.versions.insert(c.app_id.clone(), Some(c.target));
+                            self.view.versions.insert(c.app_id.clone(), Some(c.target));
                         }
-                        self.txns.at = Some(done.version);
+                        self.view.head = Some(version);
                     }
-                    self.table.state = Some(done.snapshot);
                     self.commits += 1;
-                    tracing::debug!(table = name, refresh = ?refresh_took, check = ?check_took, write = ?write_took,
+                    if blind {
+                        self.maybe_checkpoint(version);
+                    }
+                    tracing::debug!(table = name, version, blind, read = ?read_took, check = ?check_took, write = ?write_took,
                         commit = ?t_commit.elapsed(), "fenced commit");
                     let bytes = adds.iter().flatten().map(|a| a.size.max(0) as u64).sum();
                     return Ok((CommitOutcome::Committed, bytes));
                 }
-                Err(DeltaTableError::Transaction {
-                    source: TransactionError::CommitConflict(CommitConflictError::ConcurrentTransaction),
-                }) => {
-                    tracing::warn!(table = name, "concurrent transaction on one of our partitions; re-checking ownership");
+                Ok(None) => {
+                    tracing::debug!(table = name, attempt, "another writer committed first; reading its commit and checking again");
                 }
                 Err(e) => {
                     tracing::warn!(table = name, error = %e, attempt, "delta commit failed; retrying the same batch");
@@ -435,6 +533,95 @@ impl DeltaSink {
                     }
                 }
             }
+        }
+    }
+
+    /// Writes the commit as log entry `head + 1`, with a conditional put.
+    /// `Ok(None)`: another writer took that version first; the next attempt
+    /// reads its commit and checks the fence again, which is delta-rs's
+    /// conflict check for an append (a concurrent transaction on one of our
+    /// app ids, or a change of metadata or protocol).
+    async fn commit_blind(&mut self, actions: Vec<Action>, txns: Vec<Transaction>, op: DeltaOperation) -> std::result::Result<Option<u64>, DeltaTableError> {
+        let Some(head) = self.view.head else {
+            return Err(DeltaTableError::Generic("the table has no version to append to".to_string()));
+        };
+        PROTOCOL.can_commit(self.table.snapshot()?, &actions, &op)?;
+        let bytes = CommitData::new(actions, op, HashMap::new(), txns).get_bytes()?;
+        let version = head + 1;
+        match self.table.log_store().write_commit_entry(version, CommitOrBytes::LogBytes(bytes), Uuid::new_v4()).await {
+            Ok(()) => Ok(Some(version)),
+            Err(TransactionError::VersionAlreadyExists(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Commits through delta-rs's CommitBuilder on the loaded snapshot, which
+    /// [`catch_up`](Self::catch_up) has just brought to the end of the log.
+    /// `Ok(None)`: a concurrent transaction on one of our app ids.
+    async fn commit_with_builder(&mut self, actions: Vec<Action>, txns: Vec<Transaction>, op: DeltaOperation) -> std::result::Result<Option<u64>, DeltaTableError> {
+        // Expired-log clean-up lists the whole `_delta_log` directory, so
+        // it runs with every hundredth commit, not every one.
+        let props = CommitProperties::default()
+            .with_application_transactions(txns)
+            .with_max_retries(15)
+            .with_cleanup_expired_logs((!self.commits.is_multiple_of(LOG_CLEANUP_EVERY)).then_some(false));
+        let snapshot = self.table.snapshot()?;
+        let result = CommitBuilder::from(props)
+            .with_actions(actions)
+            .build(Some(snapshot), self.table.log_store(), op)
+            .await;
+        match result {
+            Ok(done) => {
+                // The post-commit hook has brought the snapshot forward to the
+                // commit; carry on from it.
+                self.table.state = Some(done.snapshot);
+                self.view.base = Some(done.version);
+                Ok(Some(done.version))
+            }
+            Err(DeltaTableError::Transaction {
+                source: TransactionError::CommitConflict(CommitConflictError::ConcurrentTransaction),
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Starts a checkpoint in the background when `version` is due one
+    /// (every `delta.checkpointInterval` commits, as delta-rs does it), so
+    /// that its cost (loading every active file) falls on no flush. A
+    /// checkpoint still being written when the next is due makes that one
+    /// be skipped; the one after covers it.
+    fn maybe_checkpoint(&mut self, version: u64) {
+        let Ok(state) = self.table.snapshot() else { return };
+        let every = state.table_config().checkpoint_interval().get();
+        if !(version + 1).is_multiple_of(every) {
+            return;
+        }
+        let name = self.kind.name();
+        if self.checkpoint.as_ref().is_some_and(|h| !h.is_finished()) {
+            tracing::debug!(table = name, version, "the previous checkpoint is still being written; skipping this one");
+            return;
+        }
+        let cleanup = state.table_config().enable_expired_log_cleanup();
+        let log_store = self.table.log_store();
+        self.checkpoint = Some(tokio::spawn(async move {
+            let started = Instant::now();
+            let mut table = DeltaTable::new(log_store);
+            let written = async {
+                table.load_version(version).await?;
+                checkpoints::create_checkpoint(&table, None).await?;
+                if cleanup { checkpoints::cleanup_metadata(&table, None).await } else { Ok(0) }
+            };
+            match written.await {
+                Ok(cleaned) => tracing::debug!(table = name, version, cleaned, took = ?started.elapsed(), "checkpoint written"),
+                Err(e) => tracing::warn!(table = name, version, error = %e, "writing a checkpoint failed; the next one covers it"),
+            }
+        }));
+    }
+
+    /// Waits for a checkpoint being written in the background, if any.
+    pub async fn checkpoint_written(&mut self) {
+        if let Some(h) = self.checkpoint.take() {
+            let _ = h.await;
         }
     }
 }
@@ -450,6 +637,7 @@ async fn backoff(attempt: u32) {
     tokio::time::sleep(Duration::from_millis(base / 2 + jitter)).await;
 }
 
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,14 +651,83 @@ mod tests {
     }
 
     #[test]
-    fn commit_txns_reads_only_txn_actions() {
+    fn scan_commit_reads_txns_and_table_changes() {
         let log = br#"{"commitInfo":{"timestamp":1,"operation":"WRITE"}}
 {"txn":{"appId":"estate-ingest/t/0","version":41,"lastUpdated":5}}
-{"add":{"path":"a.parquet","size":1}}
+{"add":{"path":"a.parquet","size":1,"stats":"{\"numRecords\":3}"}}
 {"txn":{"appId":"estate-ingest/t/1","version":7}}
 "#;
-        assert_eq!(commit_txns(log).unwrap(), vec![("estate-ingest/t/0".to_string(), 41), ("estate-ingest/t/1".to_string(), 7)]);
-        assert!(commit_txns(b"{not json\n").is_err());
+        let scan = scan_commit(log).unwrap();
+        assert_eq!(scan.txns, vec![("estate-ingest/t/0".to_string(), 41), ("estate-ingest/t/1".to_string(), 7)]);
+        assert!(!scan.changes_table);
+        assert!(scan_commit(b"{\"metaData\":{\"id\":\"x\"}}\n").unwrap().changes_table);
+        assert!(scan_commit(b"{\"protocol\":{\"minReaderVersion\":3}}").unwrap().changes_table);
+        assert!(scan_commit(b"{not json\n").is_err());
+    }
+
+    /// The race the fence check cannot see: another writer commits between
+    /// our check and our put. The conditional put refuses the version, and
+    /// the next attempt reads the winner's commit and finds the partition
+    /// taken.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_that_loses_the_put_race_is_fenced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap(), Default::default(), None).unwrap();
+        let mut a = DeltaSink::open(&store, TableKind::Events).await.unwrap();
+        let mut b = DeltaSink::open(&store, TableKind::Events).await.unwrap();
+        assert!(a.writes_blind() && b.writes_blind(), "the local store commits by conditional put");
+        assert!(committed(a.commit_fenced(&[claim("p0", None, 10)], &[]).await.unwrap()));
+        assert!(committed(b.commit_fenced(&[claim("p1", None, 5)], &[]).await.unwrap()));
+        // b has checked the fence at its head; then a commits p0 first.
+        let b_head = b.view.head;
+        assert!(committed(a.commit_fenced(&[claim("p0", Some(10), 20)], &[]).await.unwrap()));
+        let op = DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None };
+        let put = b.commit_blind(Vec::new(), vec![Transaction::new("p0", 30)], op).await.unwrap();
+        assert_eq!(put, None, "the put must refuse a version another writer took");
+        assert_eq!(b.view.head, b_head, "a refused put does not move the head");
+        match b.commit_fenced(&[claim("p0", Some(10), 30)], &[]).await.unwrap().0 {
+            CommitOutcome::Lost(ids) => assert_eq!(ids, vec!["p0".to_string()]),
+            CommitOutcome::Committed => panic!("committed over the winner of the race"),
+        }
+        // Only a's versions are stored.
+        a.refresh().await.unwrap();
+        assert_eq!(a.version_of("p0").await.unwrap(), Some(20));
+        assert_eq!(a.version_of("p1").await.unwrap(), Some(5));
+    }
+
+    /// A metadata change by another writer makes the sink reload the table
+    /// before it commits again, and its checkpoints follow the new interval.
+    /// The table the blind commits leave behind loads in delta-rs with the
+    /// same versions the view holds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_metadata_change_is_picked_up_and_checkpoints_follow_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap(), Default::default(), None).unwrap();
+        let mut a = DeltaSink::open(&store, TableKind::Heartbeats).await.unwrap();
+        assert!(committed(a.commit_fenced(&[claim("p0", None, 1)], &[]).await.unwrap()));
+        let mut other = store.table("heartbeats").unwrap();
+        other.load().await.unwrap();
+        let props = HashMap::from([("delta.checkpointInterval".to_string(), "4".to_string())]);
+        other.set_tbl_properties().with_properties(props).await.unwrap();
+        // versions: 0 create, 1 a, 2 properties; a's next commits are 3..=8.
+        for offset in 2..=7 {
+            assert!(committed(a.commit_fenced(&[claim("p0", Some(offset - 1), offset)], &[]).await.unwrap()));
+            // One at a time: a checkpoint due while another is being written is skipped.
+            a.checkpoint_written().await;
+        }
+        assert_eq!(a.view.head, Some(8));
+        let interval = a.table.snapshot().unwrap().table_config().checkpoint_interval().get();
+        assert_eq!(interval, 4, "the sink reloaded the table after the metadata change");
+        let log = dir.path().join("heartbeats/_delta_log");
+        for (version, due) in [(3, true), (4, false), (7, true), (8, false)] {
+            let path = log.join(format!("{version:020}.checkpoint.parquet"));
+            assert_eq!(path.exists(), due, "checkpoint at version {version}");
+        }
+        let mut fresh = store.table("heartbeats").unwrap();
+        fresh.load().await.unwrap();
+        assert_eq!(fresh.version(), Some(8));
+        let state = fresh.snapshot().unwrap();
+        assert_eq!(state.transaction_version(fresh.log_store().as_ref(), "p0").await.unwrap(), Some(7));
     }
 
     /// Two sinks on one table, as two ingest instances: each one's cache must
