@@ -650,6 +650,16 @@ mod tests {
         matches!(o.0, CommitOutcome::Committed)
     }
 
+    /// Two sinks on one new table in a temporary store, as two ingest
+    /// instances would have.
+    async fn two_sinks(kind: TableKind) -> (tempfile::TempDir, DeltaSink, DeltaSink) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap(), Default::default(), None).unwrap();
+        let a = DeltaSink::open(&store, kind).await.unwrap();
+        let b = DeltaSink::open(&store, kind).await.unwrap();
+        (dir, a, b)
+    }
+
     #[test]
     fn scan_commit_reads_txns_and_table_changes() {
         let log = br#"{"commitInfo":{"timestamp":1,"operation":"WRITE"}}
@@ -671,10 +681,7 @@ mod tests {
     /// taken.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_commit_that_loses_the_put_race_is_fenced() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().to_str().unwrap(), Default::default(), None).unwrap();
-        let mut a = DeltaSink::open(&store, TableKind::Events).await.unwrap();
-        let mut b = DeltaSink::open(&store, TableKind::Events).await.unwrap();
+        let (_dir, mut a, mut b) = two_sinks(TableKind::Events).await;
         assert!(a.writes_blind() && b.writes_blind(), "the local store commits by conditional put");
         assert!(committed(a.commit_fenced(&[claim("p0", None, 10)], &[]).await.unwrap()));
         assert!(committed(b.commit_fenced(&[claim("p1", None, 5)], &[]).await.unwrap()));
@@ -735,10 +742,7 @@ mod tests {
     /// the snapshot.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_fence_holds_across_cached_versions() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().to_str().unwrap(), Default::default(), None).unwrap();
-        let mut a = DeltaSink::open(&store, TableKind::Receipts).await.unwrap();
-        let mut b = DeltaSink::open(&store, TableKind::Receipts).await.unwrap();
+        let (_dir, mut a, mut b) = two_sinks(TableKind::Receipts).await;
         // a owns p0 and commits twice; the second check is served by the cache.
         assert!(committed(a.commit_fenced(&[claim("p0", None, 10)], &[]).await.unwrap()));
         assert!(committed(a.commit_fenced(&[claim("p0", Some(10), 20)], &[]).await.unwrap()));
