@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use deltalake::arrow::array::RecordBatch;
 use deltalake::arrow::datatypes::SchemaRef;
-use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
 use deltalake::checkpoints;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
 use deltalake::kernel::transaction::{
     CommitBuilder, CommitConflictError, CommitData, CommitProperties, PROTOCOL, TransactionError,
 };
@@ -16,8 +16,8 @@ use deltalake::kernel::{Action, Add, StructType, Transaction};
 use deltalake::operations::create::CreateBuilder;
 use deltalake::parquet::basic::{Compression, Encoding, ZstdLevel};
 use deltalake::parquet::file::properties::WriterProperties;
-use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::logstore::CommitOrBytes;
+use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::table::config::TablePropertiesExt as _;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
@@ -144,11 +144,16 @@ pub fn writer_properties(kind: TableKind) -> WriterProperties {
 #[derive(Debug)]
 pub struct DeltaSink {
     kind: TableKind,
-    /// The table with its file list, loaded at `view.base`. Restore reads it;
-    /// blind commits take its schema, partition columns, protocol and
-    /// configuration, which no commit since `base` has changed.
+    /// The table with its file list, loaded at the last full refresh.
+    /// Restore reads it; blind commits take its schema, partition columns,
+    /// protocol and configuration, which no commit since has changed.
     table: DeltaTable,
     view: LogView,
+    /// Whether this sink writes its commits itself, as a conditional put of
+    /// the next log entry. delta-rs's default log store (local files, S3 with
+    /// conditional put, GCS, Azure, memory) commits that way too; any other
+    /// log store goes through delta-rs's CommitBuilder.
+    blind: bool,
     /// Commits made through this sink.
     commits: u64,
     /// The checkpoint being written in the background, if any.
@@ -158,13 +163,11 @@ pub struct DeltaSink {
 /// What the sink knows of the log beyond its loaded snapshot.
 #[derive(Debug)]
 struct LogView {
-    /// The version of the loaded snapshot.
-    base: Option<u64>,
     /// The newest version this sink has read or written.
     head: Option<u64>,
     /// app id -> stored version (`None`: known to have none), exact as of
-    /// `head`. An app id that is missing has had no transaction since `base`,
-    /// so the loaded snapshot answers for it.
+    /// `head`. An app id that is missing has had no transaction since the
+    /// loaded snapshot's version, so the snapshot answers for it.
     versions: HashMap<String, Option<i64>>,
     /// When the view last reached the end of the log.
     read_at: Instant,
@@ -172,7 +175,7 @@ struct LogView {
 
 impl LogView {
     fn at(version: Option<u64>) -> LogView {
-        LogView { base: version, head: version, versions: HashMap::new(), read_at: Instant::now() }
+        LogView { head: version, versions: HashMap::new(), read_at: Instant::now() }
     }
 }
 
@@ -218,7 +221,8 @@ enum LogRead {
     /// Reached the end of the log; `changed`: a commit read changed the
     /// table's metadata or protocol.
     AtEnd { changed: bool },
-    /// Stopped after [`TXN_CATCH_UP_MAX`] commits.
+    /// Stopped after [`TXN_CATCH_UP_MAX`] commits (or not read at all):
+    /// reload the table instead.
     Behind,
 }
 
@@ -275,7 +279,8 @@ impl DeltaSink {
 
     fn new(kind: TableKind, table: DeltaTable) -> DeltaSink {
         let view = LogView::at(table.version());
-        DeltaSink { kind, table, view, commits: 0, checkpoint: None }
+        let blind = table.log_store().name() == "DefaultLogStore";
+        DeltaSink { kind, table, view, blind, commits: 0, checkpoint: None }
     }
 
     /// Which table.
@@ -307,7 +312,6 @@ impl DeltaSink {
             tracing::debug!(table = name, error = %e, "starting the transaction cache afresh from the snapshot");
             self.view.versions.clear();
         }
-        self.view.base = now;
         self.view.head = now;
         self.view.read_at = Instant::now();
         Ok(())
@@ -341,42 +345,29 @@ impl DeltaSink {
         Ok(LogRead::AtEnd { changed })
     }
 
-    /// Whether this sink writes its commits itself, as a conditional put of
-    /// the next log entry. delta-rs's default log store (local files, S3 with
-    /// conditional put, GCS, Azure, memory) commits that way too; any other
-    /// log store goes through delta-rs's CommitBuilder.
-    fn writes_blind(&self) -> bool {
-        self.table.log_store().name() == "DefaultLogStore"
-    }
-
-    /// Brings the view to the end of the log before the fence check. Returns
-    /// whether the commit may be written blind.
+    /// Brings the view to the end of the log before the fence check: by
+    /// reading the commits after its head, or by a full refresh when the
+    /// sink does not write blind, the view is stale, the log is far ahead,
+    /// or a commit changed the table's metadata or protocol. Returns whether
+    /// the commit may be written blind.
     async fn catch_up(&mut self) -> Result<bool> {
         let name = self.kind.name();
-        let Some(head) = self.view.head else {
-            self.refresh().await?;
-            return Ok(false);
+        let read = match self.view.head {
+            Some(head) if self.blind && self.view.read_at.elapsed() <= VIEW_MAX_AGE => self
+                .read_commits(head + 1, None)
+                .await
+                .map_err(|e| Error::delta(name)(DeltaTableError::Generic(format!("reading the log: {e}"))))?,
+            _ => LogRead::Behind,
         };
-        if !self.writes_blind() || self.view.read_at.elapsed() > VIEW_MAX_AGE {
-            self.refresh().await?;
-            return Ok(self.writes_blind());
-        }
-        match self.read_commits(head + 1, None).await {
-            Ok(LogRead::AtEnd { changed: false }) => {
-                self.view.read_at = Instant::now();
-                Ok(true)
-            }
-            Ok(LogRead::AtEnd { changed: true }) => {
+        match read {
+            LogRead::AtEnd { changed: false } => self.view.read_at = Instant::now(),
+            LogRead::AtEnd { changed: true } => {
                 tracing::info!(table = name, "another writer changed the table's metadata or protocol; reloading it");
                 self.refresh().await?;
-                Ok(true)
             }
-            Ok(LogRead::Behind) => {
-                self.refresh().await?;
-                Ok(true)
-            }
-            Err(e) => Err(Error::delta(name)(DeltaTableError::Generic(format!("reading the log: {e}")))),
+            LogRead::Behind => self.refresh().await?,
         }
+        Ok(self.blind)
     }
 
     /// The stored version (last committed offset) of an app id on the loaded snapshot.
@@ -575,7 +566,6 @@ impl DeltaSink {
                 // The post-commit hook has brought the snapshot forward to the
                 // commit; carry on from it.
                 self.table.state = Some(done.snapshot);
-                self.view.base = Some(done.version);
                 Ok(Some(done.version))
             }
             Err(DeltaTableError::Transaction {
@@ -637,7 +627,6 @@ async fn backoff(attempt: u32) {
     tokio::time::sleep(Duration::from_millis(base / 2 + jitter)).await;
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -682,7 +671,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_commit_that_loses_the_put_race_is_fenced() {
         let (_dir, mut a, mut b) = two_sinks(TableKind::Events).await;
-        assert!(a.writes_blind() && b.writes_blind(), "the local store commits by conditional put");
+        assert!(a.blind && b.blind, "the local store commits by conditional put");
         assert!(committed(a.commit_fenced(&[claim("p0", None, 10)], &[]).await.unwrap()));
         assert!(committed(b.commit_fenced(&[claim("p1", None, 5)], &[]).await.unwrap()));
         // b has checked the fence at its head; then a commits p0 first.
