@@ -2,8 +2,6 @@
 
 use std::borrow::Cow;
 
-use serde_json::value::RawValue;
-
 use crate::level::{Level, State};
 use crate::reason::Reason;
 use crate::scan::{RawMessage, Scalar, scan};
@@ -346,21 +344,124 @@ impl<'a> RawMessage<'a> {
 
 impl Event<'_> {
     /// Writes the canonical, normalised wire form of this event (as published
-    /// on `estate.deduped`): every field present, level canonical, time as
-    /// RFC 3339 UTC milliseconds.
+    /// on `estate.deduped`): every field present, keys in sorted order, level
+    /// canonical, time as RFC 3339 UTC milliseconds, `attrs` re-serialised
+    /// compactly with sorted keys (`null` when absent or not JSON).
+    ///
+    /// Written field by field: this runs once per stored event on ingest's
+    /// consumer thread, where building a `serde_json::Value` (a map, an
+    /// allocation per field) and formatting the time through `strftime` cost
+    /// more than the rest of the record.
     pub fn to_canonical_json(&self, tenant: &str) -> Vec<u8> {
-        let time = chrono::DateTime::from_timestamp_millis(self.time_ms)
-            .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
-            .unwrap_or_default();
-        let attrs: Option<&RawValue> = self.attrs.and_then(|a| serde_json::from_str(a).ok());
-        let v = serde_json::json!({
-            "v": 1, "type": "event", "tenant": tenant,
-            "poller": self.origin.poller, "epoch": self.origin.epoch, "seq": self.origin.seq,
-            "event_id": self.event_id, "time": time, "node": self.node,
-            "node_uuid": self.node_uuid, "event": self.event, "element": self.element,
-            "level": self.level.as_str(), "state": self.state.map(State::as_str),
-            "details": self.details, "attrs": attrs,
-        });
-        serde_json::to_vec(&v).unwrap_or_default()
+        let attrs: Option<serde_json::Value> = self.attrs.and_then(|a| serde_json::from_str(a).ok());
+        let mut out = Vec::with_capacity(
+            200 + tenant.len() + self.origin.poller.len() + self.event_id.len() + self.node.len()
+                + self.event.len() + self.element.len() + self.details.len() + self.attrs.map_or(0, str::len),
+        );
+        out.extend_from_slice(b"{\"attrs\":");
+        match &attrs {
+            // Writing a Value to a Vec cannot fail.
+            Some(v) => serde_json::to_writer(&mut out, v).unwrap_or_default(),
+            None => out.extend_from_slice(b"null"),
+        }
+        json_field(&mut out, "details", Some(&self.details));
+        json_field(&mut out, "element", Some(&self.element));
+        int_field(&mut out, "epoch", self.origin.epoch);
+        json_field(&mut out, "event", Some(&self.event));
+        json_field(&mut out, "event_id", Some(&self.event_id));
+        json_field(&mut out, "level", Some(self.level.as_str()));
+        json_field(&mut out, "node", Some(&self.node));
+        json_field(&mut out, "node_uuid", self.node_uuid.as_deref());
+        json_field(&mut out, "poller", Some(&self.origin.poller));
+        int_field(&mut out, "seq", self.origin.seq);
+        json_field(&mut out, "state", self.state.map(State::as_str));
+        json_field(&mut out, "tenant", Some(tenant));
+        out.extend_from_slice(b",\"time\":\"");
+        write_rfc3339_ms(&mut out, self.time_ms);
+        out.extend_from_slice(b"\",\"type\":\"event\",\"v\":1}");
+        out
     }
+}
+
+/// `,"key":"value"` (or `,"key":null`), the value escaped as JSON.
+fn json_field(out: &mut Vec<u8>, key: &str, value: Option<&str>) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":");
+    match value {
+        Some(v) => write_json_str(out, v),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// `,"key":123`.
+fn int_field(out: &mut Vec<u8>, key: &str, value: i64) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":");
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+}
+
+/// A JSON string literal, escaped as `serde_json` escapes it: `"` and `\`,
+/// the short forms `\b \t \n \f \r`, other control characters as
+/// `\u00xx`; everything else, non-ASCII included, as is.
+pub(crate) fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let short = match b {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            0x08 => b'b',
+            b'\t' => b't',
+            b'\n' => b'n',
+            0x0c => b'f',
+            b'\r' => b'r',
+            0x00..=0x1f => 0,
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if short == 0 {
+            out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+        } else {
+            out.extend_from_slice(&[b'\\', short]);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+/// UTC milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ` (chrono's
+/// `%Y-%m-%dT%H:%M:%S%.3fZ`; nothing for a time chrono cannot represent).
+fn write_rfc3339_ms(out: &mut Vec<u8>, ms: i64) {
+    use chrono::{Datelike as _, Timelike as _};
+    let Some(t) = chrono::DateTime::from_timestamp_millis(ms) else { return };
+    let year = t.year();
+    if !(0..=9999).contains(&year) {
+        // Signed, wider years: rare enough for chrono's own formatter.
+        out.extend_from_slice(t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string().as_bytes());
+        return;
+    }
+    let digits = |out: &mut Vec<u8>, v: u32, width: u32| {
+        for k in (0..width).rev() {
+            out.push(b'0' + (v / 10u32.pow(k) % 10) as u8);
+        }
+    };
+    digits(out, year as u32, 4);
+    out.push(b'-');
+    digits(out, t.month(), 2);
+    out.push(b'-');
+    digits(out, t.day(), 2);
+    out.push(b'T');
+    digits(out, t.hour(), 2);
+    out.push(b':');
+    digits(out, t.minute(), 2);
+    out.push(b':');
+    digits(out, t.second(), 2);
+    out.push(b'.');
+    digits(out, t.timestamp_subsec_millis(), 3);
+    out.push(b'Z');
 }

@@ -152,6 +152,26 @@ proptest! {
         prop_assert_eq!(e, e2);
     }
 
+    /// The field-by-field canonical writer is byte for byte what serialising
+    /// a `serde_json::Value` of the same fields gives: any strings (control
+    /// characters, quotes, non-ASCII), any time chrono can hold, any attrs.
+    #[test]
+    fn canonical_json_matches_serde_json(node in "\\PC{0,20}|[\\x00-\\x1f\"\\\\é\u{2028}]{0,8}",
+                                         details in any::<String>(), id in "[ -~]{1,40}",
+                                         t in prop_oneof![MIN_TIME_MS..NOW, i64::MIN..i64::MAX, -62_167_219_200_000i64..-62_000_000_000_000],
+                                         attrs in prop_oneof![Just(None), Just(Some(r#" { "z" : [1, 2.5e3, -0, "\\u00e9"], "a" : {"y":null,"b":true} } "#)), Just(Some("{not json"))],
+                                         uuid in proptest::option::of("[a-f0-9-]{0,36}"), state in 0usize..3,
+                                         seq in any::<i64>(), epoch in any::<i64>()) {
+        let e = Event {
+            origin: SeqRef { poller: node.clone().into(), epoch, seq },
+            event_id: id.into(), time_ms: t, node: node.clone().into(),
+            node_uuid: uuid.map(Into::into), event: "Interface Down".into(), element: details.clone().into(),
+            level: Level::Major, state: [None, Some(State::Up), Some(State::Down)][state], details: details.into(),
+            attrs,
+        };
+        prop_assert_eq!(String::from_utf8(e.to_canonical_json(&node)).unwrap(), reference_canonical_json(&e, &node));
+    }
+
     /// The decoder never panics and always gives a reason.
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
@@ -233,4 +253,22 @@ fn scanner_edge_cases() {
     let m = scan(r#"{"node":"caf\u00e9 \ud83d\udca5 \"x\"","attrs": {"a":[1]} }"#).unwrap();
     assert_eq!(m.node, Some(Scalar::Str("café 💥 \"x\"".into())));
     assert_eq!(m.attrs, Some(r#"{"a":[1]}"#));
+}
+
+/// The canonical form as `serde_json` writes it from a `Value` (the earlier
+/// implementation), for [`canonical_json_matches_serde_json`].
+fn reference_canonical_json(e: &Event<'_>, tenant: &str) -> String {
+    let time = chrono::DateTime::from_timestamp_millis(e.time_ms)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .unwrap_or_default();
+    let attrs: Option<&serde_json::value::RawValue> = e.attrs.and_then(|a| serde_json::from_str(a).ok());
+    json!({
+        "v": 1, "type": "event", "tenant": tenant,
+        "poller": e.origin.poller, "epoch": e.origin.epoch, "seq": e.origin.seq,
+        "event_id": e.event_id, "time": time, "node": e.node,
+        "node_uuid": e.node_uuid, "event": e.event, "element": e.element,
+        "level": e.level.as_str(), "state": e.state.map(State::as_str),
+        "details": e.details, "attrs": attrs,
+    })
+    .to_string()
 }
