@@ -178,6 +178,7 @@ pub(crate) fn run_loop(consumer: IngestConsumer, pipeline: Arc<Mutex<Pipeline>>,
                 }
                 let mut p = lock(&pipeline);
                 p.process(m.topic(), m.partition(), m.offset(), m.key(), m.payload().unwrap_or(&[]));
+                p.poll_flush(&consumer);
                 if p.flush_due() {
                     p.flush(&consumer, false);
                 }
@@ -187,6 +188,7 @@ pub(crate) fn run_loop(consumer: IngestConsumer, pipeline: Arc<Mutex<Pipeline>>,
             Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
             None => {
                 let mut p = lock(&pipeline);
+                p.poll_flush(&consumer);
                 if p.flush_due() {
                     p.flush(&consumer, false);
                 }

@@ -9,6 +9,14 @@
 //! 4. commit the Kafka offsets (a hint, and the deduplicated stream's
 //!    watermark).
 //!
+//! Steps 1–3 run on a runtime worker while the consumer thread goes on
+//! reading into fresh buffers: the flush *takes* what is pending (finished
+//! batches, DLQ and deduplicated records, and per partition the offset it
+//! covers), and its outcome is *settled* on the consumer thread (watermarks,
+//! step 4, resets) as soon as it is done. At most one flush is in flight: the
+//! next one, a rebalance and shutdown each settle it first, so the offsets a
+//! flush claims always follow the ones the previous flush committed.
+//!
 //! Any partition whose flush cannot complete is *reset*: its pending state is
 //! dropped and rebuilt from the tables, and the consumer is seeked back to
 //! where the tables say it stands. Nothing is ever dropped: what was not
@@ -29,7 +37,7 @@ use tokio::runtime::Handle;
 use crate::error::{Error, Result};
 use crate::kafka::{OutRecord, publish_all};
 use crate::metrics::{Metrics, label};
-use crate::partition::{DedupedRecord, PartitionState, ProcessConfig, TopicPartition};
+use crate::partition::{DedupedRecord, DlqRecord, PartitionState, ProcessConfig, TopicPartition};
 use crate::restore;
 use crate::store::Store;
 use crate::table::{CommitOutcome, DeltaSink, TableKind, TxnClaim, app_id};
@@ -65,8 +73,11 @@ pub(crate) struct PipelineConfig {
 pub(crate) struct Pipeline {
     cfg: PipelineConfig,
     rt: Handle,
-    sinks: Vec<DeltaSink>,
+    /// The tables; held by the flush in flight while it commits.
+    sinks: Arc<tokio::sync::Mutex<Vec<DeltaSink>>>,
     parts: Vec<PartitionState>,
+    /// The flush running on the runtime, if any.
+    in_flight: Option<InFlight>,
     last_part: usize,
     producer: FutureProducer,
     metrics: Arc<Metrics>,
@@ -104,8 +115,9 @@ impl Pipeline {
         Ok(Pipeline {
             cfg,
             rt: Handle::current(),
-            sinks,
+            sinks: Arc::new(tokio::sync::Mutex::new(sinks)),
             parts: Vec::new(),
+            in_flight: None,
             last_part: 0,
             producer,
             metrics,
@@ -161,6 +173,7 @@ impl Pipeline {
         consumer: &BaseConsumer<C>,
         tps: &[(String, i32)],
     ) -> Result<Vec<(String, i32, Offset)>> {
+        self.settle(consumer);
         let committed = kafka_committed(consumer, tps);
         let mut out = Vec::with_capacity(tps.len());
         for (topic, partition) in tps {
@@ -180,14 +193,16 @@ impl Pipeline {
 
     async fn init_partition(&mut self, topic: &str, partition: i32, kafka: Option<i64>) -> Result<PartitionState> {
         let kafka = if self.cfg.deduped_topic.is_some() { kafka } else { None };
-        let marks = restore::watermarks(&mut self.sinks, self.cfg.source_id.as_deref(), topic, partition, kafka).await?;
+        let sinks = self.sinks.clone();
+        let mut sinks = sinks.lock().await;
+        let marks = restore::watermarks(&mut sinks, self.cfg.source_id.as_deref(), topic, partition, kafka).await?;
         let p = &self.cfg.process;
         // Rows stored from this partition are revisited only if its events
         // watermark exists: without one, rows carrying these coordinates came
         // from another cluster (`--source-id`) and only the window applies.
         let replay_from = if marks.committed[TableKind::Events.idx()] < 0 { i64::MAX } else { marks.resume_at() };
         let dedup = restore::dedup_window(
-            &self.sinks[TableKind::Events.idx()],
+            &sinks[TableKind::Events.idx()],
             topic,
             partition,
             replay_from,
@@ -210,16 +225,60 @@ impl Pipeline {
     }
 
     /// Flushes what is pending: `events` always, the side tables when their
-    /// interval has passed or `all` is set (shutdown, revocation). Never loses
+    /// interval has passed or `all` is set (shutdown, revocation). Waits for
+    /// the flush in flight first; with `all`, also for this one. Never loses
     /// data: partitions that cannot be committed are reset and re-read.
     pub(crate) fn flush<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, all: bool) {
+        self.settle(consumer);
+        self.start_flush(all);
+        if all {
+            self.settle(consumer);
+        }
+    }
+
+    /// Settles the flush in flight if it has finished; never waits.
+    pub(crate) fn poll_flush<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        if self.in_flight.as_ref().is_some_and(|f| f.handle.is_finished()) {
+            self.settle(consumer);
+        }
+    }
+
+    /// Takes what is pending into a flush job and starts it on the runtime.
+    fn start_flush(&mut self, all: bool) {
         let started = Instant::now();
-        let rt = self.rt.clone();
         let mut reset: Vec<usize> = Vec::new();
-        // The deduplicated stream is published on a runtime worker while the
-        // tables are written and committed on this thread. It is at least
-        // once: a partition whose commit fails is re-read and re-published.
-        let jobs: Vec<(usize, Vec<DedupedRecord>)> = match &self.cfg.deduped_topic {
+        let dlq: Vec<DlqJob> = self
+            .parts
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, p)| !p.dlq.is_empty())
+            .map(|(i, p)| DlqJob { part: i, tp: p.tp.clone(), records: std::mem::take(&mut p.dlq) })
+            .collect();
+        // The side tables are held back between their intervals;
+        // `heartbeats` and `receipts` always go in the same flush, so both
+        // stand at the same offsets.
+        let side = all || self.side_due();
+        if side {
+            self.last_side = Instant::now();
+        }
+        let mut tables = Vec::new();
+        for kind in TableKind::ALL {
+            if kind.is_side() && !side {
+                continue;
+            }
+            match self.take_table(kind) {
+                Ok(Some(t)) => tables.push(t),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(table = kind.name(), error = %e, "building the flush failed; the partitions in it will be re-read from the tables");
+                    reset.extend((0..self.parts.len()).filter(|&i| self.parts[i].behind(kind)));
+                }
+            }
+        }
+        // The deduplicated stream is published beside the table commits. It
+        // is at least once: a partition whose commit fails is re-read and
+        // re-published.
+        let deduped: Vec<(usize, Vec<DedupedRecord>)> = match &self.cfg.deduped_topic {
             Some(_) => self
                 .parts
                 .iter_mut()
@@ -229,147 +288,47 @@ impl Pipeline {
                 .collect(),
             None => Vec::new(),
         };
-        let publish = self.cfg.deduped_topic.clone().filter(|_| !jobs.is_empty()).map(|topic| {
-            let producer = self.producer.clone();
-            let metrics = self.metrics.clone();
-            let names: Vec<String> = jobs.iter().map(|(i, _)| self.parts[*i].tp.to_string()).collect();
-            rt.spawn(async move { publish_deduped(&producer, &topic, &jobs, &names, &metrics).await })
-        });
-        let committed_any = rt.block_on(self.flush_tables(&mut reset, all));
-        let tables_took = started.elapsed();
-        let published = match publish {
-            Some(h) => rt.block_on(h).unwrap_or_else(|e| {
-                tracing::error!(error = %e, "deduplicated stream task failed; its partitions will be re-read");
-                (0..self.parts.len()).collect()
-            }),
-            None => Vec::new(),
-        };
-        tracing::debug!(committed_any, reset = reset.len(), tables = ?tables_took, total = ?started.elapsed(), "flush: tables and deduped stream done");
-        reset.extend(published);
-        reset.sort_unstable();
-        reset.dedup();
-        // Kafka offsets: a hint for other tools, and the deduplicated stream's watermark.
-        let mut tpl = TopicPartitionList::new();
-        for (i, p) in self.parts.iter_mut().enumerate() {
-            if reset.contains(&i) || p.processed < 0 {
-                continue;
-            }
-            p.marks.deduped = p.processed;
-            let _ = tpl.add_partition_offset(&p.tp.topic, p.tp.partition, Offset::Offset(p.processed + 1));
-        }
-        if tpl.count() > 0
-            && let Err(e) = consumer.commit(&tpl, CommitMode::Async)
-        {
-            tracing::warn!(error = %e, "committing Kafka offsets failed (they are only a hint; the tables are authoritative)");
-        }
-        for i in reset.iter().rev() {
-            let tp = self.parts[*i].tp.clone();
-            self.metrics.flush_failures.inc();
-            if let Err(e) = self.reset_partition(consumer, &tp) {
-                tracing::error!(partition = %tp, error = %e, "resetting partition failed; dropping it from this instance until the next rebalance");
-                self.parts.retain(|p| p.tp != tp);
-            }
-        }
+        let targets: Vec<i64> = self.parts.iter().map(|p| p.processed).collect();
         self.publish_counts();
         self.pending = 0;
         self.last_flush = Instant::now();
-        if committed_any {
-            let took = started.elapsed();
-            self.metrics.flushes.inc();
-            self.metrics.flush_seconds.observe(took.as_secs_f64());
-            if took > Duration::from_secs(5) {
-                tracing::warn!(took = ?took, tables = ?tables_took, "slow flush");
-            } else {
-                tracing::debug!(took = ?took, "flushed");
-            }
+        if dlq.is_empty() && tables.is_empty() && deduped.is_empty() && reset.is_empty() {
+            return;
         }
+        let job = FlushJob {
+            sinks: self.sinks.clone(),
+            producer: self.producer.clone(),
+            metrics: self.metrics.clone(),
+            dlq_topic: self.cfg.dlq_topic.clone(),
+            deduped_topic: self.cfg.deduped_topic.clone(),
+            names: deduped.iter().map(|(i, _)| self.parts[*i].tp.to_string()).collect(),
+            parts: self.parts.len(),
+            dlq,
+            tables,
+            deduped,
+            reset,
+        };
+        let handle = self.rt.spawn(job.run());
+        self.in_flight = Some(InFlight { handle, started, targets });
     }
 
-    fn reset_partition<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, tp: &TopicPartition) -> Result<()> {
-        let committed = kafka_committed(consumer, &[(tp.topic.to_string(), tp.partition)]);
-        let k = committed.first().and_then(|x| x.2);
-        let state = self.rt.clone().block_on(self.init_partition(&tp.topic, tp.partition, k))?;
-        let start = state.marks.resume_at();
-        let offset = if start <= 0 { Offset::Beginning } else { Offset::Offset(start) };
-        tracing::warn!(partition = %tp, resume_at = start, "partition reset: re-reading from the tables' watermarks");
-        if let Some(i) = self.parts.iter().position(|p| p.tp == *tp) {
-            self.parts[i] = state;
-        }
-        consumer
-            .seek(&tp.topic, tp.partition, offset, Duration::from_secs(10))
-            .map_err(Error::kafka(format!("seeking {tp}")))
-    }
-
-    /// Steps 1 and 2 of a flush. Returns whether any table was committed.
-    async fn flush_tables(&mut self, reset: &mut Vec<usize>, all: bool) -> bool {
-        // 1. DLQ records must be durable before receipts claim them.
-        for i in 0..self.parts.len() {
-            if self.parts[i].dlq.is_empty() {
-                continue;
-            }
-            let p = &self.parts[i];
-            let offsets: Vec<String> = p.dlq.iter().map(|d| d.offset.to_string()).collect();
-            let recs: Vec<OutRecord<'_>> = p
-                .dlq
-                .iter()
-                .zip(&offsets)
-                .map(|(d, off)| OutRecord {
-                    key: d.key.as_deref(),
-                    value: &d.payload,
-                    headers: vec![
-                        ("estate-reason", d.reason.code().into_owned()),
-                        ("estate-source-topic", p.tp.topic.to_string()),
-                        ("estate-source-partition", p.tp.partition.to_string()),
-                        ("estate-source-offset", off.clone()),
-                        ("estate-ingested-at", rfc3339(d.ingested_at_ms)),
-                    ],
-                })
-                .collect();
-            match publish_all(&self.producer, &self.cfg.dlq_topic, &recs, PUBLISH_ROUNDS).await {
-                Ok(()) => {
-                    self.metrics.dlq_records.inc_by(recs.len() as u64);
-                    self.parts[i].dlq.clear();
-                }
-                Err(e) => {
-                    tracing::error!(partition = %p.tp, error = %e, "DLQ publish failed; partition will be re-read");
-                    reset.push(i);
-                }
-            }
-        }
-        // 2. One fenced commit per table. The side tables are held back
-        // between their intervals; `heartbeats` and `receipts` always go in
-        // the same flush, so both stand at the same offsets.
-        let side = all || self.side_due();
-        if side {
-            self.last_side = Instant::now();
-        }
-        let mut committed_any = false;
-        for kind in TableKind::ALL {
-            if kind.is_side() && !side {
-                continue;
-            }
-            match self.flush_table(kind, reset).await {
-                Ok(c) => committed_any |= c,
-                Err(e) => {
-                    tracing::error!(table = kind.name(), error = %e, "flush failed; the partitions in it will be re-read from the tables");
-                    for (i, p) in self.parts.iter().enumerate() {
-                        if p.behind(kind) {
-                            reset.push(i);
-                        }
-                    }
-                }
-            }
-        }
-        committed_any
-    }
-
-    async fn flush_table(&mut self, kind: TableKind, reset: &mut Vec<usize>) -> Result<bool> {
+    /// One table's part of a flush: every partition behind on it, with its
+    /// finished batch and its claim; `None` when there is nothing worth
+    /// committing.
+    fn take_table(&mut self, kind: TableKind) -> Result<Option<TableJob>> {
         let t = kind.idx();
-        let mut included: Vec<usize> = (0..self.parts.len())
-            .filter(|i| !reset.contains(i) && self.parts[*i].behind(kind))
-            .collect();
+        let included: Vec<usize> = (0..self.parts.len()).filter(|&i| self.parts[i].behind(kind)).collect();
         if included.is_empty() {
-            return Ok(false);
+            return Ok(None);
+        }
+        let lag = included
+            .iter()
+            .map(|&i| self.parts[i].processed - self.parts[i].marks.committed[t])
+            .max()
+            .unwrap_or(0);
+        let has_rows = included.iter().any(|&i| self.parts[i].has_rows(kind));
+        if !has_rows && lag < IDLE_COMMIT_OFFSETS && self.last_commit[t].elapsed() < IDLE_COMMIT_INTERVAL {
+            return Ok(None);
         }
         let now = now_ms();
         let mut batches: Vec<(usize, RecordBatch)> = Vec::new();
@@ -390,70 +349,101 @@ impl Pipeline {
                 batches.push((i, b));
             }
         }
-        let lag = included
+        let claims = included
             .iter()
-            .map(|&i| self.parts[i].processed - self.parts[i].marks.committed[t])
-            .max()
-            .unwrap_or(0);
-        if batches.is_empty() && lag < IDLE_COMMIT_OFFSETS && self.last_commit[t].elapsed() < IDLE_COMMIT_INTERVAL {
-            return Ok(false);
-        }
-        loop {
-            let claims: Vec<TxnClaim> = included
-                .iter()
-                .map(|&i| {
-                    let p = &self.parts[i];
-                    let c = p.marks.committed[t];
-                    TxnClaim {
+            .map(|&i| {
+                let p = &self.parts[i];
+                let c = p.marks.committed[t];
+                Claim {
+                    part: i,
+                    tp: p.tp.clone(),
+                    txn: TxnClaim {
                         app_id: app_id(self.cfg.source_id.as_deref(), &p.tp.topic, p.tp.partition),
                         expected: (c >= 0).then_some(c),
                         target: p.processed,
-                    }
-                })
-                .collect();
-            let data = merge(kind, batches.iter().map(|(_, b)| b))?;
-            let rows: usize = data.iter().map(RecordBatch::num_rows).sum();
-            let started = Instant::now();
-            let outcome = self.sinks[t].commit_fenced(&claims, &data).await?;
-            self.metrics
-                .commit_seconds
-                .get_or_create(&label("table", kind.name()))
-                .observe(started.elapsed().as_secs_f64());
-            match outcome {
-                (CommitOutcome::Committed, bytes) => {
-                    for &i in &included {
-                        let p = &mut self.parts[i];
-                        p.marks.committed[t] = p.processed;
-                    }
-                    self.last_commit[t] = Instant::now();
-                    let l = label("table", kind.name());
-                    self.metrics.rows_written.get_or_create(&l).inc_by(rows as u64);
-                    self.metrics.bytes_written.get_or_create(&l).inc_by(bytes);
-                    return Ok(true);
+                    },
                 }
-                (CommitOutcome::Lost(ids), _) => {
-                    let lost: Vec<usize> = included
-                        .iter()
-                        .copied()
-                        .filter(|&i| ids.contains(&app_id(self.cfg.source_id.as_deref(), &self.parts[i].tp.topic, self.parts[i].tp.partition)))
-                        .collect();
-                    for &i in &lost {
-                        tracing::warn!(partition = %self.parts[i].tp, table = kind.name(),
-                            "another consumer committed this partition: fenced off, not committing");
-                        self.metrics.partitions_lost.inc();
-                    }
-                    reset.extend(lost.iter().copied());
-                    included.retain(|i| !lost.contains(i));
-                    batches.retain(|(i, _)| !lost.contains(i));
-                    if included.is_empty() {
-                        return Ok(false);
-                    }
-                }
-            }
-        }
+            })
+            .collect();
+        Ok(Some(TableJob { kind, claims, batches }))
     }
 
-    /// Step 3: publish what was stored. Returns partitions to reset.
+    /// Waits for the flush in flight, if any, and applies its outcome: the
+    /// tables' watermarks, the Kafka offsets, and the resets.
+    fn settle<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        let Some(f) = self.in_flight.take() else { return };
+        let done = match self.rt.block_on(f.handle) {
+            Ok(done) => done,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => {
+                tracing::error!(error = %e, "flush task did not finish; every partition will be re-read from the tables");
+                FlushDone { committed: Vec::new(), reset: (0..self.parts.len()).collect(), tables_took: f.started.elapsed() }
+            }
+        };
+        debug_assert_eq!(f.targets.len(), self.parts.len(), "partitions change only after a flush is settled");
+        let mut committed_any = false;
+        for (kind, i, target) in &done.committed {
+            committed_any = true;
+            self.parts[*i].marks.committed[kind.idx()] = *target;
+            self.last_commit[kind.idx()] = Instant::now();
+        }
+        let mut reset = done.reset;
+        reset.sort_unstable();
+        reset.dedup();
+        // Kafka offsets: a hint for other tools, and the deduplicated stream's watermark.
+        let mut tpl = TopicPartitionList::new();
+        for (i, p) in self.parts.iter_mut().enumerate() {
+            let target = f.targets.get(i).copied().unwrap_or(-1);
+            if reset.contains(&i) || target < 0 {
+                continue;
+            }
+            p.marks.deduped = target;
+            let _ = tpl.add_partition_offset(&p.tp.topic, p.tp.partition, Offset::Offset(target + 1));
+        }
+        if tpl.count() > 0
+            && let Err(e) = consumer.commit(&tpl, CommitMode::Async)
+        {
+            tracing::warn!(error = %e, "committing Kafka offsets failed (they are only a hint; the tables are authoritative)");
+        }
+        for i in reset.iter().rev() {
+            let Some(tp) = self.parts.get(*i).map(|p| p.tp.clone()) else { continue };
+            self.metrics.flush_failures.inc();
+            if let Err(e) = self.reset_partition(consumer, &tp) {
+                tracing::error!(partition = %tp, error = %e, "resetting partition failed; dropping it from this instance until the next rebalance");
+                self.parts.retain(|p| p.tp != tp);
+            }
+        }
+        let took = f.started.elapsed();
+        tracing::debug!(committed_any, reset = reset.len(), tables = ?done.tables_took, total = ?took, "flush: tables and deduped stream done");
+        if committed_any {
+            self.metrics.flushes.inc();
+            self.metrics.flush_seconds.observe(took.as_secs_f64());
+            if took > Duration::from_secs(5) {
+                tracing::warn!(took = ?took, tables = ?done.tables_took, "slow flush");
+            } else {
+                tracing::debug!(took = ?took, "flushed");
+            }
+        }
+        self.publish_gauges();
+    }
+
+    fn reset_partition<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, tp: &TopicPartition) -> Result<()> {
+        let committed = kafka_committed(consumer, &[(tp.topic.to_string(), tp.partition)]);
+        let k = committed.first().and_then(|x| x.2);
+        let state = self.rt.clone().block_on(self.init_partition(&tp.topic, tp.partition, k))?;
+        let start = state.marks.resume_at();
+        let offset = if start <= 0 { Offset::Beginning } else { Offset::Offset(start) };
+        tracing::warn!(partition = %tp, resume_at = start, "partition reset: re-reading from the tables' watermarks");
+        if let Some(i) = self.parts.iter().position(|p| p.tp == *tp) {
+            self.parts[i] = state;
+        }
+        consumer
+            .seek(&tp.topic, tp.partition, offset, Duration::from_secs(10))
+            .map_err(Error::kafka(format!("seeking {tp}")))
+    }
+
+    /// Publishes the counters of what was read since the last flush, and
+    /// expires dedup keys past the window.
     fn publish_counts(&mut self) {
         for p in &mut self.parts {
             let c = std::mem::take(&mut p.counts);
@@ -488,6 +478,189 @@ impl Pipeline {
         let seen = self.metrics.dedup_evictions.get();
         if ev > seen {
             self.metrics.dedup_evictions.inc_by(ev - seen);
+        }
+    }
+}
+
+/// The flush running on the runtime.
+struct InFlight {
+    handle: tokio::task::JoinHandle<FlushDone>,
+    started: Instant,
+    /// Per partition (by index), the last offset the flush covers.
+    targets: Vec<i64>,
+}
+
+/// A partition's DLQ records in a flush.
+struct DlqJob {
+    part: usize,
+    tp: TopicPartition,
+    records: Vec<DlqRecord>,
+}
+
+/// A partition's place in one table's commit.
+struct Claim {
+    part: usize,
+    tp: TopicPartition,
+    txn: TxnClaim,
+}
+
+/// One table's commit in a flush.
+struct TableJob {
+    kind: TableKind,
+    claims: Vec<Claim>,
+    /// Finished batches, by partition index.
+    batches: Vec<(usize, RecordBatch)>,
+}
+
+/// What a flush takes from the pipeline. Partitions are named by their
+/// index, which stays valid until the flush is settled.
+struct FlushJob {
+    sinks: Arc<tokio::sync::Mutex<Vec<DeltaSink>>>,
+    producer: FutureProducer,
+    metrics: Arc<Metrics>,
+    dlq_topic: String,
+    deduped_topic: Option<String>,
+    /// Partition names of `deduped`, for logs.
+    names: Vec<String>,
+    /// Partitions owned when the flush was taken.
+    parts: usize,
+    dlq: Vec<DlqJob>,
+    tables: Vec<TableJob>,
+    deduped: Vec<(usize, Vec<DedupedRecord>)>,
+    /// Partitions already known to need a reset.
+    reset: Vec<usize>,
+}
+
+/// How a flush ended.
+struct FlushDone {
+    /// (table, partition index, last offset the table now holds for it).
+    committed: Vec<(TableKind, usize, i64)>,
+    /// Partitions to reset (unsorted, may repeat).
+    reset: Vec<usize>,
+    /// Time until the last table commit.
+    tables_took: Duration,
+}
+
+impl FlushJob {
+    /// Steps 1–3 of a flush.
+    async fn run(self) -> FlushDone {
+        let started = Instant::now();
+        let FlushJob { sinks, producer, metrics, dlq_topic, deduped_topic, names, parts, dlq, tables, deduped, mut reset } =
+            self;
+        let publish = deduped_topic.filter(|_| !deduped.is_empty()).map(|topic| {
+            let producer = producer.clone();
+            let metrics = metrics.clone();
+            tokio::spawn(async move { publish_deduped(&producer, &topic, &deduped, &names, &metrics).await })
+        });
+        // 1. DLQ records must be durable before receipts claim them.
+        for d in &dlq {
+            match publish_dlq(&producer, &dlq_topic, d).await {
+                Ok(()) => {
+                    metrics.dlq_records.inc_by(d.records.len() as u64);
+                }
+                Err(e) => {
+                    tracing::error!(partition = %d.tp, error = %e, "DLQ publish failed; partition will be re-read");
+                    reset.push(d.part);
+                }
+            }
+        }
+        // 2. One fenced commit per table.
+        let mut committed = Vec::new();
+        {
+            let mut sinks = sinks.lock().await;
+            for job in tables {
+                let kind = job.kind;
+                let in_it: Vec<usize> = job.claims.iter().map(|c| c.part).collect();
+                match commit_table(&mut sinks[kind.idx()], job, &reset, &metrics).await {
+                    Ok((done, lost)) => {
+                        committed.extend(done.into_iter().map(|(i, target)| (kind, i, target)));
+                        reset.extend(lost);
+                    }
+                    Err(e) => {
+                        tracing::error!(table = kind.name(), error = %e, "flush failed; the partitions in it will be re-read from the tables");
+                        reset.extend(in_it);
+                    }
+                }
+            }
+        }
+        let tables_took = started.elapsed();
+        // 3. Wait for the deduplicated stream.
+        if let Some(h) = publish {
+            match h.await {
+                Ok(failed) => reset.extend(failed),
+                Err(e) => {
+                    tracing::error!(error = %e, "deduplicated stream task failed; its partitions will be re-read");
+                    reset.extend(0..parts);
+                }
+            }
+        }
+        FlushDone { committed, reset, tables_took }
+    }
+}
+
+/// Publishes one partition's DLQ records and waits for every acknowledgement.
+async fn publish_dlq(producer: &FutureProducer, topic: &str, d: &DlqJob) -> Result<()> {
+    let offsets: Vec<String> = d.records.iter().map(|r| r.offset.to_string()).collect();
+    let recs: Vec<OutRecord<'_>> = d
+        .records
+        .iter()
+        .zip(&offsets)
+        .map(|(r, off)| OutRecord {
+            key: r.key.as_deref(),
+            value: &r.payload,
+            headers: vec![
+                ("estate-reason", r.reason.code().into_owned()),
+                ("estate-source-topic", d.tp.topic.to_string()),
+                ("estate-source-partition", d.tp.partition.to_string()),
+                ("estate-source-offset", off.clone()),
+                ("estate-ingested-at", rfc3339(r.ingested_at_ms)),
+            ],
+        })
+        .collect();
+    publish_all(producer, topic, &recs, PUBLISH_ROUNDS).await
+}
+
+/// One fenced commit of a table, leaving out the partitions in `reset`.
+/// Returns the partitions committed with the offset each now stands at, and
+/// the partitions another consumer fenced off.
+async fn commit_table(
+    sink: &mut DeltaSink,
+    job: TableJob,
+    reset: &[usize],
+    metrics: &Metrics,
+) -> Result<(Vec<(usize, i64)>, Vec<usize>)> {
+    let TableJob { kind, mut claims, mut batches } = job;
+    claims.retain(|c| !reset.contains(&c.part));
+    batches.retain(|(i, _)| !reset.contains(i));
+    let mut fenced = Vec::new();
+    loop {
+        if claims.is_empty() {
+            return Ok((Vec::new(), fenced));
+        }
+        let txns: Vec<TxnClaim> = claims.iter().map(|c| c.txn.clone()).collect();
+        let data = merge(kind, batches.iter().map(|(_, b)| b))?;
+        let rows: usize = data.iter().map(RecordBatch::num_rows).sum();
+        let started = Instant::now();
+        let outcome = sink.commit_fenced(&txns, &data).await?;
+        metrics.commit_seconds.get_or_create(&label("table", kind.name())).observe(started.elapsed().as_secs_f64());
+        match outcome {
+            (CommitOutcome::Committed, bytes) => {
+                let l = label("table", kind.name());
+                metrics.rows_written.get_or_create(&l).inc_by(rows as u64);
+                metrics.bytes_written.get_or_create(&l).inc_by(bytes);
+                return Ok((claims.iter().map(|c| (c.part, c.txn.target)).collect(), fenced));
+            }
+            (CommitOutcome::Lost(ids), _) => {
+                let lost: Vec<usize> = claims.iter().filter(|c| ids.contains(&c.txn.app_id)).map(|c| c.part).collect();
+                for c in claims.iter().filter(|c| lost.contains(&c.part)) {
+                    tracing::warn!(partition = %c.tp, table = kind.name(),
+                        "another consumer committed this partition: fenced off, not committing");
+                    metrics.partitions_lost.inc();
+                }
+                claims.retain(|c| !lost.contains(&c.part));
+                batches.retain(|(i, _)| !lost.contains(i));
+                fenced.extend(lost);
+            }
         }
     }
 }
