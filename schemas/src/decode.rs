@@ -445,23 +445,20 @@ fn write_rfc3339_ms(out: &mut Vec<u8>, ms: i64) {
         out.extend_from_slice(t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string().as_bytes());
         return;
     }
-    let digits = |out: &mut Vec<u8>, v: u32, width: u32| {
+    // (value, digits, the character after it)
+    let fields = [
+        (year as u32, 4, b'-'),
+        (t.month(), 2, b'-'),
+        (t.day(), 2, b'T'),
+        (t.hour(), 2, b':'),
+        (t.minute(), 2, b':'),
+        (t.second(), 2, b'.'),
+        (t.timestamp_subsec_millis(), 3, b'Z'),
+    ];
+    for (v, width, after) in fields {
         for k in (0..width).rev() {
             out.push(b'0' + (v / 10u32.pow(k) % 10) as u8);
         }
-    };
-    digits(out, year as u32, 4);
-    out.push(b'-');
-    digits(out, t.month(), 2);
-    out.push(b'-');
-    digits(out, t.day(), 2);
-    out.push(b'T');
-    digits(out, t.hour(), 2);
-    out.push(b':');
-    digits(out, t.minute(), 2);
-    out.push(b':');
-    digits(out, t.second(), 2);
-    out.push(b'.');
-    digits(out, t.timestamp_subsec_millis(), 3);
-    out.push(b'Z');
+        out.push(after);
+    }
 }
