@@ -37,7 +37,7 @@ use tokio::runtime::Handle;
 use crate::error::{Error, Result};
 use crate::kafka::{OutRecord, publish_all};
 use crate::metrics::{Metrics, label};
-use crate::partition::{DedupedRecord, DlqRecord, PartitionState, ProcessConfig, TopicPartition};
+use crate::partition::{Counts, DedupedRecord, DlqRecord, PartitionState, ProcessConfig, TopicPartition};
 use crate::restore;
 use crate::store::Store;
 use crate::table::{CommitOutcome, DeltaSink, TableKind, TxnClaim, app_id};
@@ -289,10 +289,15 @@ impl Pipeline {
             None => Vec::new(),
         };
         let targets: Vec<i64> = self.parts.iter().map(|p| p.processed).collect();
-        self.publish_counts();
+        let counts = self.take_counts();
         self.pending = 0;
         self.last_flush = Instant::now();
         if dlq.is_empty() && tables.is_empty() && deduped.is_empty() && reset.is_empty() {
+            // Nothing can fail: what was read is settled as it stands.
+            for (i, c) in counts.into_iter().enumerate() {
+                self.publish_counts(i, c);
+            }
+            self.publish_gauges();
             return;
         }
         let job = FlushJob {
@@ -309,7 +314,7 @@ impl Pipeline {
             reset,
         };
         let handle = self.rt.spawn(job.run());
-        self.in_flight = Some(InFlight { handle, started, targets });
+        self.in_flight = Some(InFlight { handle, started, targets, counts });
     }
 
     /// One table's part of a flush: every partition behind on it, with its
@@ -405,6 +410,11 @@ impl Pipeline {
         {
             tracing::warn!(error = %e, "committing Kafka offsets failed (they are only a hint; the tables are authoritative)");
         }
+        for (i, c) in f.counts.into_iter().enumerate() {
+            if !reset.contains(&i) && i < self.parts.len() {
+                self.publish_counts(i, c);
+            }
+        }
         for i in reset.iter().rev() {
             let Some(tp) = self.parts.get(*i).map(|p| p.tp.clone()) else { continue };
             self.metrics.flush_failures.inc();
@@ -442,28 +452,38 @@ impl Pipeline {
             .map_err(Error::kafka(format!("seeking {tp}")))
     }
 
-    /// Publishes the counters of what was read since the last flush, and
-    /// expires dedup keys past the window.
-    fn publish_counts(&mut self) {
-        for p in &mut self.parts {
-            let c = std::mem::take(&mut p.counts);
-            if c.skipped_offsets > 0 {
-                // The seq-based loss audit shows what this cost, per poller.
-                tracing::warn!(partition = %p.tp, offsets = c.skipped_offsets,
-                    "offsets skipped: the broker no longer had them when they were due (its retention deleted them \
-                     before ingest read them), or they were transaction markers");
-                self.metrics.offsets_skipped.inc_by(c.skipped_offsets);
-            }
-            self.metrics.messages_in.inc_by(c.messages);
-            self.metrics.duplicates.inc_by(c.duplicates);
-            for (reason, n) in c.rejected {
-                self.metrics.rejected.get_or_create(&label("reason", reason.code())).inc_by(n);
-            }
-            // While replaying offsets `events` already holds, keep the keys replay will still visit.
-            let replaying = p.processed < p.marks.committed[TableKind::Events.idx()];
-            p.dedup.expire(now_ms(), if replaying { p.processed } else { i64::MAX });
+    /// Takes each partition's counters of what was read since the last
+    /// flush (indexed like the partitions), and expires dedup keys past the
+    /// window.
+    fn take_counts(&mut self) -> Vec<Counts> {
+        let now = now_ms();
+        self.parts
+            .iter_mut()
+            .map(|p| {
+                // While replaying offsets `events` already holds, keep the keys replay will still visit.
+                let replaying = p.processed < p.marks.committed[TableKind::Events.idx()];
+                p.dedup.expire(now, if replaying { p.processed } else { i64::MAX });
+                std::mem::take(&mut p.counts)
+            })
+            .collect()
+    }
+
+    /// Publishes partition `i`'s counters once its flush has settled. The
+    /// counters of a partition that is reset are dropped instead: it re-reads
+    /// and re-counts those offsets.
+    fn publish_counts(&self, i: usize, c: Counts) {
+        if c.skipped_offsets > 0 {
+            // The seq-based loss audit shows what this cost, per poller.
+            tracing::warn!(partition = %self.parts[i].tp, offsets = c.skipped_offsets,
+                "offsets skipped: the broker no longer had them when they were due (its retention deleted them \
+                 before ingest read them), or they were transaction markers");
+            self.metrics.offsets_skipped.inc_by(c.skipped_offsets);
         }
-        self.publish_gauges();
+        self.metrics.messages_in.inc_by(c.messages);
+        self.metrics.duplicates.inc_by(c.duplicates);
+        for (reason, n) in c.rejected {
+            self.metrics.rejected.get_or_create(&label("reason", reason.code())).inc_by(n);
+        }
     }
 
     /// Per assigned partition: (topic, partition, next offset to process).
@@ -488,6 +508,8 @@ struct InFlight {
     started: Instant,
     /// Per partition (by index), the last offset the flush covers.
     targets: Vec<i64>,
+    /// Per partition (by index), the counters of what the flush covers.
+    counts: Vec<Counts>,
 }
 
 /// A partition's DLQ records in a flush.
