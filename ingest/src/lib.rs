@@ -27,6 +27,7 @@ mod dedup;
 pub mod dlq;
 mod error;
 mod faults;
+mod flush;
 mod kafka;
 pub mod lifecycle;
 mod metrics;
