@@ -13,11 +13,13 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// mimalloc's `purge_delay` option (its index in `mi_option_t`; the
 /// `libmimalloc-sys` bindings do not name it).
+#[cfg(not(feature = "system-alloc"))]
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Returns freed memory to the OS at once instead of after mimalloc's default
@@ -27,6 +29,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// 240–270 MiB over 1,800 commits; see `docs/reliability.md`). The
 /// `MIMALLOC_PURGE_DELAY` environment variable, when set, wins.
 /// (Transparent huge pages are compiled out with mimalloc's `no_thp` feature.)
+#[cfg(not(feature = "system-alloc"))]
 #[allow(unsafe_code)]
 fn tune_allocator() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
@@ -140,6 +143,7 @@ async fn shutdown_signal() {
 }
 
 fn main() -> anyhow::Result<()> {
+    #[cfg(not(feature = "system-alloc"))]
     tune_allocator();
     let args = config_file::merged_args(std::env::args_os().collect())?;
     let cli = Cli::parse_from(args);
