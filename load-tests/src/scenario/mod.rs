@@ -78,7 +78,7 @@ pub struct ScenarioArgs {
     pub keep: bool,
 
     /// Ingest instances in the consumer group.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = INGEST_INSTANCES)]
     pub ingest_instances: usize,
 }
 
@@ -126,6 +126,8 @@ const TANSU_CLIENT_OPTS: [&str; 2] = ["max.in.flight.requests.per.connection=1",
 /// The soak's RSS criterion: the least-squares slope over the second half
 /// of the run, per process, at most this many MiB per minute.
 const RSS_FLAT_MIB_PER_MIN: f64 = 1.0;
+/// Ingest instances in the consumer group unless `--ingest-instances` says.
+const INGEST_INSTANCES: usize = 2;
 const OPERATOR_TOKEN: &str = "scenario-operator-token";
 /// How often `estate compact` runs a pass during a scenario.
 const COMPACT_INTERVAL: &str = "30s";
@@ -742,6 +744,13 @@ impl Run {
         let mut command = format!("estate scenario {} --seed {} --rate {}", self.plan.name.label(), self.seed, self.rate);
         if self.short {
             command.push_str(" --short");
+        }
+        // Flags that change what was run, so the command reproduces it.
+        if self.plan.duration != Plan::new(self.plan.name, self.short, None).duration {
+            command.push_str(&format!(" --duration {}s", self.plan.duration.as_secs()));
+        }
+        if self.ingest_instances != INGEST_INSTANCES {
+            command.push_str(&format!(" --ingest-instances {}", self.ingest_instances));
         }
         Outcome {
             scenario: self.plan.name,
