@@ -13,6 +13,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use foldhash::fast::RandomState;
+
 /// A hashed `(tenant, event_id)`.
 pub(crate) type Key = u128;
 
@@ -45,7 +47,10 @@ pub enum Verdict {
 pub struct DedupWindow {
     window_ms: i64,
     max_keys: usize,
-    keys: HashMap<Key, Entry>,
+    /// Keyed by a hash already, so the map hashes it with foldhash (seeded
+    /// per map, one multiply) instead of std's SipHash, which was ~5 % of the
+    /// in-process pipeline.
+    keys: HashMap<Key, Entry, RandomState>,
     order: VecDeque<(i64, Key)>,
     evictions: u64,
 }
@@ -56,7 +61,7 @@ impl DedupWindow {
         Self {
             window_ms,
             max_keys: max_keys.max(1),
-            keys: HashMap::new(),
+            keys: HashMap::default(),
             order: VecDeque::new(),
             evictions: 0,
         }

@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 
+use foldhash::fast::RandomState;
+
 use estate_schemas::{ReceiptRow, ReceiptsBuilder};
 
 /// Tenant used in receipts of messages that had no valid tenant at all.
@@ -38,7 +40,7 @@ struct Stream {
 /// Accumulates receipts until the next flush.
 #[derive(Debug, Default)]
 pub struct Receipts {
-    index: HashMap<u64, Vec<usize>>,
+    index: HashMap<u64, Vec<usize>, RandomState>,
     streams: Vec<Stream>,
     messages: usize,
 }
