@@ -91,6 +91,7 @@ pub struct Runner<W: Write + Send> {
     writer: ArrowWriter<W>,
     cfg: ProcessConfig,
     next_offset: i64,
+    held: usize,
     out: PipelineOut,
 }
 
@@ -105,19 +106,35 @@ impl<W: Write + Send> Runner<W> {
     pub fn new(sink: W) -> anyhow::Result<Self> {
         let cfg = process_config();
         let writer = ArrowWriter::try_new(sink, TableKind::Events.schema(), Some(writer_properties(TableKind::Events)))?;
-        Ok(Runner { state: partition(&cfg), writer, cfg, next_offset: 0, out: PipelineOut::default() })
+        Ok(Runner { state: partition(&cfg), writer, cfg, next_offset: 0, held: 0, out: PipelineOut::default() })
+    }
+
+    /// Processes one message at the next offset; it is held until [`Self::write`].
+    pub fn process(&mut self, key: Option<&[u8]>, payload: &[u8], now_ms: i64) {
+        self.state.process(self.next_offset, key, payload, now_ms, &self.cfg);
+        self.next_offset += 1;
+        self.held += 1;
+    }
+
+    /// Messages processed since the last write.
+    pub fn held(&self) -> usize {
+        self.held
     }
 
     /// Processes `messages` (the next offsets) and flushes them as one row group.
     pub fn flush(&mut self, messages: &[Message], now_ms: i64) -> anyhow::Result<()> {
         for m in messages {
-            self.state.process(self.next_offset, m.key.as_deref(), &m.payload, now_ms, &self.cfg);
-            self.next_offset += 1;
+            self.process(m.key.as_deref(), &m.payload, now_ms);
         }
+        self.write()
+    }
+
+    /// Writes the rows held as one row group.
+    pub fn write(&mut self) -> anyhow::Result<()> {
         let batch: RecordBatch = self.state.events.finish()?;
         let _ = self.state.nodes.finish()?;
         let _ = self.state.heartbeats.finish()?;
-        self.out.messages += messages.len() as u64;
+        self.out.messages += std::mem::take(&mut self.held) as u64;
         self.out.events += batch.num_rows() as u64;
         self.writer.write(&batch)?;
         self.writer.flush()?;

@@ -9,11 +9,12 @@
 //! key (the tenant) is read from each line's `tenant` field, as a producer
 //! would set it; that scan is part of the timed work.
 
-use std::io::{BufRead, BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
+use memchr::memchr;
 use estate_benches::pipeline::{self, Message, Runner};
 
 #[derive(Debug, Parser)]
@@ -99,11 +100,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// The generated messages' clock, so that the file is the same every time.
 const NOW_MS: i64 = 1_790_000_000_000;
 
-fn tenant_of(line: &[u8]) -> Option<Vec<u8>> {
-    const PAT: &[u8] = b"\"tenant\":\"";
-    let at = line.windows(PAT.len()).position(|w| w == PAT)? + PAT.len();
-    let end = line[at..].iter().position(|b| *b == b'"')?;
-    Some(line[at..at + end].to_vec())
+fn tenant_of(line: &[u8]) -> Option<&[u8]> {
+    static PAT: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"tenant\":\""));
+    let at = PAT.find(line)? + PAT.needle().len();
+    let end = memchr(b'"', &line[at..])?;
+    Some(&line[at..at + end])
 }
 
 fn main() -> anyhow::Result<()> {
@@ -123,7 +125,7 @@ fn main() -> anyhow::Result<()> {
                 Some(path) => std::fs::read(path)?
                     .split(|b| *b == b'\n')
                     .filter(|l| !l.is_empty())
-                    .map(|l| Message { key: tenant_of(l), payload: l.to_vec() })
+                    .map(|l| Message { key: tenant_of(l).map(<[u8]>::to_vec), payload: l.to_vec() })
                     .collect(),
                 None => pipeline::nmis_messages(events, 1, NOW_MS),
             };
@@ -135,23 +137,44 @@ fn main() -> anyhow::Result<()> {
         Cmd::Count { brokers, topic, events, consumer_opts } => count(&brokers, &topic, events, &consumer_opts)?,
         Cmd::Convert { input, out, flush_rows } => {
             let started = Instant::now();
-            let file = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&input)?);
+            let mut file = std::fs::File::open(&input)?;
             let mut runner = Runner::new(BufWriter::with_capacity(1 << 20, std::fs::File::create(&out)?))?;
-            let mut chunk = Vec::with_capacity(flush_rows);
             let mut json_bytes = 0u64;
-            for line in file.split(b'\n') {
-                let line = line?;
-                if line.is_empty() {
-                    continue;
+            // The file is read in blocks and each whole line is processed
+            // where it lies, as ingest processes the records of a fetch in
+            // the consumer's buffer: no copy per message.
+            let mut buf = vec![0u8; 8 << 20];
+            let mut filled = 0;
+            loop {
+                if filled == buf.len() {
+                    buf.resize(buf.len() * 2, 0); // a line longer than the block
                 }
-                json_bytes += line.len() as u64 + 1;
-                chunk.push(Message { key: tenant_of(&line), payload: line });
-                if chunk.len() >= flush_rows {
-                    runner.flush(&chunk, NOW_MS)?;
-                    chunk.clear();
+                let n = file.read(&mut buf[filled..])?;
+                filled += n;
+                let mut start = 0;
+                while let Some(nl) = memchr(b'\n', &buf[start..filled]) {
+                    let line = &buf[start..start + nl];
+                    start += nl + 1;
+                    json_bytes += line.len() as u64 + 1;
+                    if !line.is_empty() {
+                        runner.process(tenant_of(line), line, NOW_MS);
+                        if runner.held() >= flush_rows {
+                            runner.write()?;
+                        }
+                    }
                 }
+                if n == 0 {
+                    let line = &buf[start..filled]; // a last line without a newline
+                    if !line.is_empty() {
+                        json_bytes += line.len() as u64;
+                        runner.process(tenant_of(line), line, NOW_MS);
+                    }
+                    break;
+                }
+                buf.copy_within(start..filled, 0);
+                filled -= start;
             }
-            runner.flush(&chunk, NOW_MS)?;
+            runner.write()?;
             let (r, state) = runner.finish()?;
             let secs = started.elapsed().as_secs_f64();
             let report = serde_json::json!({
