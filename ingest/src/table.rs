@@ -115,7 +115,7 @@ pub enum CommitOutcome {
 /// encoding for monotonic integers, and large row groups for scans.
 pub fn writer_properties(kind: TableKind) -> WriterProperties {
     let mut b = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid zstd level")))
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("valid zstd level")))
         .set_max_row_group_row_count(Some(1 << 20))
         .set_created_by(format!("estate {}", env!("CARGO_PKG_VERSION")));
     if kind == TableKind::Events {
