@@ -11,6 +11,7 @@
 //! a message at an offset the `events` table already covers was stored if
 //! and only if the restored key carries that very offset.
 
+use std::collections::hash_map::Entry as Slot;
 use std::collections::{HashMap, VecDeque};
 
 use foldhash::fast::RandomState;
@@ -20,10 +21,21 @@ pub(crate) type Key = u128;
 
 /// Hashes a dedup key.
 pub fn key(tenant: &str, event_id: &str) -> Key {
+    let (t, e) = (tenant.as_bytes(), event_id.as_bytes());
+    let mut buf = [0u8; 256];
+    let n = t.len() + 1 + e.len();
+    if n <= buf.len() {
+        // One-shot over the joined bytes: the same hash as streaming them,
+        // without the streaming state's set-up (the usual case by far).
+        buf[..t.len()].copy_from_slice(t);
+        buf[t.len()] = 0x1f;
+        buf[t.len() + 1..n].copy_from_slice(e);
+        return xxhash_rust::xxh3::xxh3_128(&buf[..n]);
+    }
     let mut h = xxhash_rust::xxh3::Xxh3::new();
-    h.update(tenant.as_bytes());
+    h.update(t);
     h.update(&[0x1f]);
-    h.update(event_id.as_bytes());
+    h.update(e);
     h.digest128()
 }
 
@@ -84,12 +96,20 @@ impl DedupWindow {
 
     /// Checks a live message and, when new, records it as stored now at `offset`.
     pub fn check_and_insert(&mut self, k: Key, now_ms: i64, offset: i64) -> Verdict {
-        if let Some(e) = self.keys.get(&k)
-            && e.stored_ms >= now_ms - self.window_ms
-        {
-            return Verdict::Duplicate;
+        // One probe of the map for both the check and the insert.
+        let stored = Entry { stored_ms: now_ms, offset };
+        match self.keys.entry(k) {
+            Slot::Occupied(mut o) => {
+                if o.get().stored_ms >= now_ms - self.window_ms {
+                    return Verdict::Duplicate;
+                }
+                o.insert(stored);
+            }
+            Slot::Vacant(v) => {
+                v.insert(stored);
+            }
         }
-        self.insert(k, now_ms, offset);
+        self.queue(k, now_ms);
         Verdict::New
     }
 
@@ -105,6 +125,11 @@ impl DedupWindow {
     /// Records a key as stored (used by restore and by live inserts).
     pub fn insert(&mut self, k: Key, stored_ms: i64, offset: i64) {
         self.keys.insert(k, Entry { stored_ms, offset });
+        self.queue(k, stored_ms);
+    }
+
+    /// Queues a key just stored for expiry, and evicts past the size bound.
+    fn queue(&mut self, k: Key, stored_ms: i64) {
         self.order.push_back((stored_ms, k));
         while self.keys.len() > self.max_keys {
             if !self.pop_oldest() {
@@ -158,6 +183,21 @@ mod tests {
         assert_eq!(w.check_and_insert(k, 10_500, 2), Verdict::Duplicate);
         assert_eq!(w.check_and_insert(k, 11_001, 3), Verdict::New, "outside window");
         assert_ne!(key("acme", "e1"), key("beta", "e1"), "tenant is part of the key");
+    }
+
+    #[test]
+    fn key_is_xxh3_of_tenant_separator_event_id() {
+        let streamed = |t: &str, e: &str| {
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            h.update(t.as_bytes());
+            h.update(&[0x1f]);
+            h.update(e.as_bytes());
+            h.digest128()
+        };
+        let long = "x".repeat(300);
+        for (t, e) in [("acme", "e1"), ("", ""), ("acme", long.as_str()), (long.as_str(), "e"), ("t", &long[..254])] {
+            assert_eq!(key(t, e), streamed(t, e), "{} + {} bytes", t.len(), e.len());
+        }
     }
 
     #[test]
