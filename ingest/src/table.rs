@@ -112,7 +112,9 @@ pub enum CommitOutcome {
 }
 
 /// Parquet settings: zstd, dictionaries for the repetitive columns, delta
-/// encoding for monotonic integers, and large row groups for scans.
+/// encoding for monotonic integers, and large row groups for scans. zstd's
+/// level 1 made smaller files than level 3 on the NMIS mix, and faster ones
+/// (docs/performance.md, "2026-12-07").
 pub fn writer_properties(kind: TableKind) -> WriterProperties {
     let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("valid zstd level")))
