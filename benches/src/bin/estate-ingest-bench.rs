@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use memchr::memchr;
 use estate_benches::pipeline::{self, Message, Runner};
+use memchr::memchr;
 
 #[derive(Debug, Parser)]
 struct Args {
