@@ -39,8 +39,16 @@ FROM (SELECT *, lag(node) OVER (PARTITION BY tenant ORDER BY node, time DESC, in
       FROM node_snapshots) AS latest \
 WHERE (prev_node IS DISTINCT FROM node)";
 
+// The latest `down` row of each open condition, found with ordered
+// aggregates: memory holds a row per condition, not per event. The earlier form
+// joined every `down` row of an open run and sorted them twice for its
+// window functions, so its memory grew with the length of the runs: in a
+// 20-minute soak the join's output grew from 25k rows to 84k while the
+// open conditions stayed near 2,500 (docs/reliability.md). Ties on time go
+// to the greater event_id, as before.
 fn active_events() -> String {
     let cond = estate_schemas::condition_sql("event");
+    let latest = "ORDER BY s.time DESC, s.event_id DESC";
     format!(
         "WITH s AS (\
            SELECT tenant, node, element, {cond} AS condition, event, level, level_rank, state, time, \
@@ -53,40 +61,36 @@ fn active_events() -> String {
            FROM s GROUP BY tenant, node, element, condition), \
          open AS (SELECT * FROM k WHERE last_down IS NOT NULL AND (last_up IS NULL OR last_down > last_up)), \
          run AS (\
-           SELECT s.tenant, s.node, s.element, s.condition, s.event, s.level, s.level_rank, s.time, \
-                  s.poller, s.details, s.event_id \
+           SELECT s.tenant, s.node, s.element, s.condition, min(s.time) AS since, max(s.time) AS last_change, \
+                  first_value(s.level {latest}) AS level, first_value(s.level_rank {latest}) AS level_rank, \
+                  first_value(s.poller {latest}) AS poller, first_value(s.details {latest}) AS details, \
+                  first_value(s.event_id {latest}) AS event_id \
            FROM s JOIN open ON s.tenant = open.tenant AND s.node = open.node \
                 AND s.element = open.element AND s.condition = open.condition \
-           WHERE s.state = 'down' AND (open.last_up IS NULL OR s.time > open.last_up)), \
-         ranked AS (\
-           SELECT *, \
-                  min(time) OVER (PARTITION BY tenant, node, element, condition) AS since, \
-                  lag(node) OVER (PARTITION BY tenant ORDER BY node, element, condition, time DESC, event_id DESC) AS p_node, \
-                  lag(element) OVER (PARTITION BY tenant ORDER BY node, element, condition, time DESC, event_id DESC) AS p_element, \
-                  lag(condition) OVER (PARTITION BY tenant ORDER BY node, element, condition, time DESC, event_id DESC) AS p_condition \
-           FROM run) \
+           WHERE s.state = 'down' AND (open.last_up IS NULL OR s.time > open.last_up) \
+           GROUP BY s.tenant, s.node, s.element, s.condition) \
          SELECT tenant, node, condition AS event, element, level, level_rank, since AS start_time, \
-                time AS last_change, to_unixtime(now()) - to_unixtime(since) AS duration_s, \
+                last_change, to_unixtime(now()) - to_unixtime(since) AS duration_s, \
                 poller, details, event_id \
-         FROM ranked \
-         WHERE (p_node IS DISTINCT FROM node) OR (p_element IS DISTINCT FROM element) \
-               OR (p_condition IS DISTINCT FROM condition)"
+         FROM run"
     )
 }
 
 // One row per poller that sent a heartbeat or a recent event. Both sides
 // have one row per (tenant, poller), so a full join gives each poller once.
+// The last heartbeat is picked with ordered aggregates, which hold a row per
+// poller, not with row_number(), which sorted every heartbeat kept.
 // (A UNION of the keys joined back to both sides read each table twice:
 // DataFusion inlines CTEs.)
 fn pollers(t: PollerThresholds) -> String {
     let late = t.late_after.as_secs();
     let down = t.down_after.as_secs();
+    let latest = "ORDER BY time DESC, seq DESC";
     format!(
-        "WITH hb AS (\
-           SELECT tenant, poller, epoch, seq, time, spool_depth, \
-                  row_number() OVER (PARTITION BY tenant, poller ORDER BY time DESC, seq DESC) AS rn \
-           FROM heartbeats), \
-         last_hb AS (SELECT * FROM hb WHERE rn = 1), \
+        "WITH last_hb AS (\
+           SELECT tenant, poller, first_value(epoch {latest}) AS epoch, first_value(seq {latest}) AS seq, \
+                  max(time) AS time, first_value(spool_depth {latest}) AS spool_depth \
+           FROM heartbeats GROUP BY tenant, poller), \
          ev AS (\
            SELECT tenant, poller, count(*) AS recent, max(time) AS last_event FROM events \
            WHERE time >= now() - INTERVAL '10 minutes' GROUP BY tenant, poller) \
