@@ -15,11 +15,12 @@
 //! Files of other tenants are never in the plan, the EXPLAIN output or any
 //! error message of that session.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use deltalake::datafusion::catalog::TableProvider;
+use deltalake::datafusion::execution::cache::cache_manager::FileMetadataCache;
 use deltalake::datafusion::error::Result as DfResult;
 use deltalake::delta_datafusion::{DeltaScanNext, FileSelection};
 use deltalake::kernel::EagerSnapshot;
@@ -85,10 +86,18 @@ struct Slot {
 }
 
 /// The four tables of the estate.
-#[derive(Debug)]
 pub struct Catalog {
     store: Store,
     slots: Vec<Slot>,
+    /// The service's Parquet footer cache, which a refresh rids of the
+    /// files a new version no longer has (see [`Catalog::set_footer_cache`]).
+    footers: OnceLock<Arc<FileMetadataCache>>,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog").field("store", &self.store).field("slots", &self.slots).finish_non_exhaustive()
+    }
 }
 
 /// The snapshots one query reads.
@@ -118,9 +127,22 @@ impl Catalog {
             let table = store.table(kind.name()).map_err(|e| Error::Config(e.to_string()))?;
             slots.push(Slot { kind, table: tokio::sync::Mutex::new(table), current: RwLock::new(None) });
         }
-        let catalog = Arc::new(Catalog { store, slots });
+        let catalog = Arc::new(Catalog { store, slots, footers: OnceLock::new() });
         catalog.refresh().await;
         Ok(catalog)
+    }
+
+    /// Hands the catalog the footer cache that queries fill. From then on,
+    /// when a refresh publishes a version without some files of the one
+    /// before (compaction, retention), their footers leave the cache at
+    /// once. Without this, footers of files that no query can open again
+    /// stayed until the LRU bound pushed them out, so the cache grew to its
+    /// bound over the first quarter hour of a run and RSS with it (a soak
+    /// with the cache off was flat from minute 8: docs/reliability.md).
+    /// Footers of versions read through `as_of` are still bounded by the
+    /// LRU only. A second call is ignored.
+    pub fn set_footer_cache(&self, cache: Arc<FileMetadataCache>) {
+        let _ = self.footers.set(cache);
     }
 
     /// The store root URL, as text (redacted from error messages).
@@ -158,6 +180,9 @@ impl Catalog {
         }
         let previous = slot.current.read().expect("catalog lock").clone();
         let pinned = self.pin(slot.kind, &table, version, previous.as_deref())?;
+        if let (Some(cache), Some(before)) = (self.footers.get(), previous.as_deref()) {
+            evict_gone(cache.as_ref(), before, &pinned);
+        }
         let files = pinned.files;
         tracing::debug!(table = slot.kind.name(), version, files, "snapshot published");
         *slot.current.write().expect("catalog lock") = Some(Arc::new(pinned));
@@ -313,6 +338,15 @@ impl Catalog {
     }
 }
 
+/// Drops from `cache` the footers of files `before` had and `now` has not.
+fn evict_gone(cache: &FileMetadataCache, before: &Pinned, now: &Pinned) {
+    let (ReadPath::Direct { all: old, .. }, ReadPath::Direct { all: new, .. }) = (&before.read, &now.read) else { return };
+    let kept: HashSet<&str> = new.iter().map(|f| f.path.as_str()).collect();
+    for f in old.iter().filter(|f| !kept.contains(f.path.as_str())) {
+        cache.remove(f.location());
+    }
+}
+
 /// Builds the table provider a principal reads: the pinned version,
 /// restricted to the principal's files; an empty table with the same
 /// columns when the table does not exist yet.
@@ -341,5 +375,54 @@ pub async fn provider(
             }
             Ok(Arc::new(builder.build().await?))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::any::Any;
+
+    use deltalake::datafusion::common::HashMap as DfHashMap;
+    use deltalake::datafusion::execution::cache::Cache as _;
+    use deltalake::datafusion::execution::cache::cache_manager::{CachedFileMetadataEntry, FileMetadata};
+    use deltalake::datafusion::execution::cache::default_cache::DefaultCache;
+
+    use super::*;
+    use crate::scan::tests::file;
+
+    struct Footer;
+
+    impl FileMetadata for Footer {
+        fn as_any(&self) -> &dyn Any {
+            self
+        }
+        fn memory_size(&self) -> usize {
+            100
+        }
+        fn extra_info(&self) -> DfHashMap<String, String> {
+            DfHashMap::new()
+        }
+    }
+
+    fn pinned(files: &[Arc<DataFile>]) -> Pinned {
+        let store: Arc<dyn ObjectStore> = Arc::new(deltalake::logstore::object_store::memory::InMemory::new());
+        Pinned { version: 1, kind: TableKind::Events, files: files.len(), read: ReadPath::Direct { store, all: files.to_vec(), by_tenant: HashMap::new() } }
+    }
+
+    #[test]
+    fn a_new_version_drops_the_footers_of_files_it_no_longer_has() {
+        let cache = DefaultCache::new(1 << 20);
+        let (a, b, c) = (file("t", None, None), file("t", None, None), file("t", None, None));
+        for f in [&a, &b, &c] {
+            let meta = deltalake::ObjectMeta { location: f.location().clone(), last_modified: Default::default(), size: 1000, e_tag: None, version: None };
+            cache.put(f.location(), CachedFileMetadataEntry::new(meta, Arc::new(Footer)));
+        }
+        // Compaction: a and b replaced by d.
+        let d = file("t", None, None);
+        evict_gone(&cache, &pinned(&[a.clone(), b.clone(), c.clone()]), &pinned(&[c.clone(), d]));
+        assert!(!cache.contains_key(a.location()));
+        assert!(!cache.contains_key(b.location()));
+        assert!(cache.contains_key(c.location()), "a file the new version still has keeps its footer");
+        assert_eq!(cache.len(), 1);
     }
 }

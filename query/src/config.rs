@@ -37,6 +37,11 @@ pub struct QueryArgs {
     #[arg(long, env = "ESTATE_QUERY_MEMORY", default_value = "512MiB", value_parser = parse_bytes)]
     pub query_memory: usize,
 
+    /// Parquet footers kept across queries (one LRU cache for the service);
+    /// 0 turns the cache off.
+    #[arg(long, env = "ESTATE_FOOTER_CACHE", default_value = "16MiB", value_parser = parse_bytes)]
+    pub footer_cache: usize,
+
     /// A query running longer than this is cancelled (HTTP 408).
     #[arg(long, env = "ESTATE_QUERY_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub query_timeout: Duration,
@@ -85,5 +90,19 @@ mod tests {
         assert_eq!(parse_bytes("1024").unwrap(), 1024);
         assert!(parse_bytes("12 parsecs").unwrap_err().contains("unknown size unit"));
         assert!(parse_bytes("MiB").is_err());
+    }
+
+    #[test]
+    fn footer_cache_default_is_the_documented_bound() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: super::QueryArgs,
+        }
+        let cli = Cli::try_parse_from(["query", "--store", "/tmp/s", "--auth-file", "/tmp/t.toml"]).unwrap();
+        assert_eq!(cli.args.footer_cache, crate::session::FOOTER_CACHE_BYTES);
+        let cli = Cli::try_parse_from(["query", "--store", "/tmp/s", "--auth-file", "/tmp/t.toml", "--footer-cache", "0"]).unwrap();
+        assert_eq!(cli.args.footer_cache, 0);
     }
 }

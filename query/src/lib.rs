@@ -112,9 +112,11 @@ pub async fn start(args: QueryArgs) -> Result<Running> {
     let sessions = SessionFactory::new(
         args.query_threads,
         args.query_memory,
+        args.footer_cache,
         args.spill_dir.clone(),
         PollerThresholds { late_after: args.poller_late_after, down_after: args.poller_down_after },
     );
+    catalog.set_footer_cache(sessions.footer_cache());
     let limits = Limits {
         timeout: args.query_timeout,
         max_rows: args.max_rows,

@@ -205,6 +205,12 @@ impl DataFile {
         Ok(DataFile { path, tenant, file, rows, min, max, nulls })
     }
 
+    /// Where the file is in the table's object store: the key the Parquet
+    /// footer cache holds it under.
+    pub fn location(&self) -> &deltalake::Path {
+        &self.file.object_meta.location
+    }
+
     /// The file action `f` as a [`DataFile`]: the one already parsed for an
     /// earlier version when the path, size and modification time match,
     /// else a newly parsed one.
@@ -420,7 +426,7 @@ pub fn reuse_index(previous: &[Arc<DataFile>]) -> HashMap<&str, &Arc<DataFile>> 
 
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -460,7 +466,7 @@ mod tests {
 
     /// A file of `events` for tenant `t` whose `time` and `node` lie in the
     /// given ranges; `None` bounds are unknown statistics.
-    fn file(t: &str, time: Option<(i64, i64)>, node: Option<(&str, &str)>) -> Arc<DataFile> {
+    pub(crate) fn file(t: &str, time: Option<(i64, i64)>, node: Option<(&str, &str)>) -> Arc<DataFile> {
         let layout = layout(TableKind::Events);
         let cols = layout.file_schema.fields();
         let mut min: Vec<ScalarValue> = cols.iter().map(|c| ScalarValue::try_from(c.data_type()).unwrap()).collect();

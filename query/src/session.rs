@@ -51,6 +51,7 @@ pub fn base_table_name(kind: TableKind) -> &'static str {
 pub struct SessionFactory {
     threads: usize,
     memory: usize,
+    footer_cache: usize,
     spill_dir: Option<PathBuf>,
     views: Vec<(&'static str, String)>,
     footers: Arc<FileMetadataCache>,
@@ -67,7 +68,8 @@ impl std::fmt::Debug for SessionFactory {
     }
 }
 
-/// Parquet footers (file metadata) kept across queries, in bytes.
+/// The default bound of the Parquet footer (file metadata) cache kept
+/// across queries, in bytes (`--footer-cache`).
 ///
 /// Each query has its own runtime (for its memory pool), so without a shared
 /// cache every query read the footer of every file it opened again. Data
@@ -80,10 +82,11 @@ pub const FOOTER_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Memory each sort sets aside up front for merging what it spilled.
 ///
-/// DataFusion's default is 10 MiB per sort per partition. The views sort
-/// twice (a window per key, then one per tenant), so on 2 threads a query
-/// over `active_events` holds 40 MiB of these reservations before reading a
-/// row, and fails outright under a 24 MiB limit. An eighth of the query's
+/// DataFusion's default is 10 MiB per sort per partition. A plan may sort
+/// more than once (the window of `nodes`, then a query's ORDER BY), so on 2
+/// threads `active_events` in its window form held 40 MiB of these
+/// reservations before reading a row, and failed outright under a 24 MiB
+/// limit. An eighth of the query's
 /// memory per thread, shared by the sorts a plan runs at once, keeps small
 /// limits usable; at the 512 MiB default it stays at DataFusion's 10 MiB.
 fn sort_reservation(memory: usize, threads: usize) -> usize {
@@ -93,15 +96,26 @@ fn sort_reservation(memory: usize, threads: usize) -> usize {
 
 impl SessionFactory {
     /// A factory for sessions with these limits.
-    pub fn new(threads: usize, memory: usize, spill_dir: Option<PathBuf>, thresholds: PollerThresholds) -> Self {
+    pub fn new(
+        threads: usize,
+        memory: usize,
+        footer_cache: usize,
+        spill_dir: Option<PathBuf>,
+        thresholds: PollerThresholds,
+    ) -> Self {
         let threads = if threads == 0 {
             std::thread::available_parallelism().map_or(2, NonZeroUsize::get)
         } else {
             threads
         };
         let footers: Arc<FileMetadataCache> =
-            Arc::new(DefaultCache::new(FOOTER_CACHE_BYTES).with_name("parquet footers"));
-        SessionFactory { threads, memory, spill_dir, views: views(thresholds), footers }
+            Arc::new(DefaultCache::new(footer_cache).with_name("parquet footers"));
+        SessionFactory { threads, memory, footer_cache, spill_dir, views: views(thresholds), footers }
+    }
+
+    /// The Parquet footer cache the sessions share.
+    pub fn footer_cache(&self) -> Arc<FileMetadataCache> {
+        self.footers.clone()
     }
 
     /// Threads per query.
@@ -163,7 +177,7 @@ impl SessionFactory {
             .with_cache_manager(
                 CacheManagerConfig::default()
                     .with_file_metadata_cache(Some(self.footers.clone()))
-                    .with_metadata_cache_limit(FOOTER_CACHE_BYTES),
+                    .with_metadata_cache_limit(self.footer_cache),
             )
             .build_arc()?;
         let state = SessionStateBuilder::new()

@@ -128,6 +128,7 @@ async fn standard_queries(a: &Args, store: &estate_ingest::Store) -> anyhow::Res
     let sessions = estate_query::session::SessionFactory::new(
         0,
         2 << 30,
+        estate_query::session::FOOTER_CACHE_BYTES,
         None,
         estate_query::views::PollerThresholds { late_after: Duration::from_secs(30), down_after: Duration::from_secs(120) },
     );
