@@ -51,7 +51,6 @@ pub fn base_table_name(kind: TableKind) -> &'static str {
 pub struct SessionFactory {
     threads: usize,
     memory: usize,
-    footer_cache: usize,
     spill_dir: Option<PathBuf>,
     views: Vec<(&'static str, String)>,
     footers: Arc<FileMetadataCache>,
@@ -86,9 +85,9 @@ pub const FOOTER_CACHE_BYTES: usize = 16 * 1024 * 1024;
 /// more than once (the window of `nodes`, then a query's ORDER BY), so on 2
 /// threads `active_events` in its window form held 40 MiB of these
 /// reservations before reading a row, and failed outright under a 24 MiB
-/// limit. An eighth of the query's
-/// memory per thread, shared by the sorts a plan runs at once, keeps small
-/// limits usable; at the 512 MiB default it stays at DataFusion's 10 MiB.
+/// limit. An eighth of the query's memory per thread, shared by the sorts a
+/// plan runs at once, keeps small limits usable; at the 512 MiB default it
+/// stays at DataFusion's 10 MiB.
 fn sort_reservation(memory: usize, threads: usize) -> usize {
     const DATAFUSION_DEFAULT: usize = 10 * 1024 * 1024;
     (memory / (8 * threads.max(1))).min(DATAFUSION_DEFAULT)
@@ -110,7 +109,7 @@ impl SessionFactory {
         };
         let footers: Arc<FileMetadataCache> =
             Arc::new(DefaultCache::new(footer_cache).with_name("parquet footers"));
-        SessionFactory { threads, memory, footer_cache, spill_dir, views: views(thresholds), footers }
+        SessionFactory { threads, memory, spill_dir, views: views(thresholds), footers }
     }
 
     /// The Parquet footer cache the sessions share.
@@ -177,7 +176,7 @@ impl SessionFactory {
             .with_cache_manager(
                 CacheManagerConfig::default()
                     .with_file_metadata_cache(Some(self.footers.clone()))
-                    .with_metadata_cache_limit(self.footer_cache),
+                    .with_metadata_cache_limit(self.footers.cache_limit()),
             )
             .build_arc()?;
         let state = SessionStateBuilder::new()
