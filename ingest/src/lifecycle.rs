@@ -303,7 +303,7 @@ impl Compactor {
 
         // 4. Checkpoint and log hygiene.
         let version = table.version().unwrap_or(0);
-        let last_cp = last_checkpoint_version(&table).await.unwrap_or(-1);
+        let last_cp = crate::table::last_checkpoint_version(table.log_store().as_ref()).await.map_or(-1, |v| v as i64);
         if self.args.checkpoint_every > 0 && version as i64 - last_cp >= self.args.checkpoint_every as i64 {
             deltalake::checkpoints::create_checkpoint(&table, None).await.map_err(Error::delta(name))?;
             r.checkpoints += 1;
@@ -336,15 +336,6 @@ fn partitions(table: &DeltaTable, small_below: u64, name: &'static str) -> Resul
         }
     }
     Ok(out)
-}
-
-/// The version of the table's last checkpoint, from `_last_checkpoint`.
-async fn last_checkpoint_version(table: &DeltaTable) -> Option<i64> {
-    let store = table.log_store().object_store(None);
-    let path = deltalake::Path::from("_delta_log/_last_checkpoint");
-    let bytes = object_store::ObjectStoreExt::get(&store, &path).await.ok()?.bytes().await.ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    v.get("version")?.as_i64()
 }
 
 #[cfg(test)]
