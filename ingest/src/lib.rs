@@ -21,6 +21,7 @@
 //! - **At least once on the deduplicated stream**, each record carrying its
 //!   `event_id`.
 
+mod checkpoint;
 mod config;
 mod consumer;
 mod dedup;

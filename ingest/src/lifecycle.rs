@@ -303,8 +303,8 @@ impl Compactor {
 
         // 4. Checkpoint and log hygiene.
         let version = table.version().unwrap_or(0);
-        let last_cp = crate::table::last_checkpoint_version(table.log_store().as_ref()).await.map_or(-1, |v| v as i64);
-        if self.args.checkpoint_every > 0 && version as i64 - last_cp >= self.args.checkpoint_every as i64 {
+        let newest = crate::checkpoint::last_checkpoint_version(table.log_store().as_ref()).await;
+        if self.args.checkpoint_every > 0 && crate::checkpoint::commits_past_checkpoint(version, newest) >= self.args.checkpoint_every {
             deltalake::checkpoints::create_checkpoint(&table, None).await.map_err(Error::delta(name))?;
             r.checkpoints += 1;
             let cutoff = Utc::now().timestamp_millis() - self.args.vacuum_retention.as_millis() as i64;

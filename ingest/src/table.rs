@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use deltalake::arrow::array::RecordBatch;
 use deltalake::arrow::datatypes::SchemaRef;
-use deltalake::checkpoints;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
 use deltalake::kernel::transaction::{
     CommitBuilder, CommitConflictError, CommitData, CommitProperties, PROTOCOL, TransactionError,
@@ -16,7 +15,7 @@ use deltalake::kernel::{Action, Add, StructType, Transaction};
 use deltalake::operations::create::CreateBuilder;
 use deltalake::parquet::basic::{Compression, Encoding, ZstdLevel};
 use deltalake::parquet::file::properties::WriterProperties;
-use deltalake::logstore::{CommitOrBytes, LogStore, LogStoreRef};
+use deltalake::logstore::CommitOrBytes;
 use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::table::config::TablePropertiesExt as _;
@@ -25,6 +24,7 @@ use deltalake::{DeltaTable, DeltaTableError};
 use estate_schemas::PARTITION_COLUMNS;
 use uuid::Uuid;
 
+use crate::checkpoint::{checkpoint_overdue, last_checkpoint_version, write_checkpoint};
 use crate::error::{Error, Result};
 use crate::store::Store;
 
@@ -581,7 +581,7 @@ impl DeltaSink {
     /// ingest embeds): ingest is only the backstop. Every
     /// `delta.checkpointInterval` commits it looks up the newest checkpoint
     /// (`_delta_log/_last_checkpoint`) and writes one in the background only
-    /// when the log has run [`CHECKPOINT_BACKSTOP`] intervals past it, that
+    /// when the log has run [`CHECKPOINT_BACKSTOP`](crate::checkpoint::CHECKPOINT_BACKSTOP) intervals past it, that
     /// is when no compactor is keeping the table. A checkpoint still being
     /// written when the next look-up is due makes that one be skipped.
     ///
@@ -623,61 +623,6 @@ impl DeltaSink {
         if let Some(h) = self.checkpoint.take() {
             let _ = h.await;
         }
-    }
-}
-
-/// Intervals the log may run past its newest checkpoint before ingest writes
-/// one itself (see [`DeltaSink::maybe_checkpoint`]).
-pub(crate) const CHECKPOINT_BACKSTOP: u64 = 10;
-
-/// Whether a table at `version`, whose newest checkpoint is `newest`, needs
-/// ingest's backstop checkpoint: the commits a reader replays after it
-/// (all of them when there is none) reach [`CHECKPOINT_BACKSTOP`] intervals.
-fn checkpoint_overdue(version: u64, newest: Option<u64>, every: u64) -> bool {
-    let replayed = match newest {
-        Some(cp) => version.saturating_sub(cp),
-        None => version + 1,
-    };
-    replayed >= CHECKPOINT_BACKSTOP.saturating_mul(every)
-}
-
-/// The version of the table's newest checkpoint, from
-/// `_delta_log/_last_checkpoint`; `None` when there is none or it cannot be
-/// read (a reader then lists the log, as delta-rs does).
-pub(crate) async fn last_checkpoint_version(log_store: &dyn LogStore) -> Option<u64> {
-    let path = log_store.log_path().clone().join("_last_checkpoint");
-    let store = log_store.object_store(None);
-    let bytes = object_store::ObjectStoreExt::get(&store, &path).await.ok()?.bytes().await.ok()?;
-    let hint: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    hint.get("version")?.as_u64()
-}
-
-/// Writes the checkpoint of `version` with delta-kernel alone, then, when
-/// `log_retention` is given, removes log entries older than it behind the
-/// newest checkpoint. Returns how many log entries were removed.
-///
-/// delta-rs's `create_checkpoint` wants a loaded `DeltaTable`, whose snapshot
-/// holds every active file's action and statistics; the kernel builds its
-/// own snapshot to write the checkpoint anyway. Going to the kernel directly
-/// reads the log once instead of twice: on a 20-minute soak's `events` table
-/// the peak heap of one checkpoint fell from about 16–22 MiB to 13–17 MiB
-/// and its time by half (docs/reliability.md, "Ingest's checkpoints").
-async fn write_checkpoint(log_store: LogStoreRef, version: u64, log_retention: Option<Duration>) -> std::result::Result<usize, DeltaTableError> {
-    let engine = log_store.engine(None);
-    let root = log_store.transaction_url(None)?;
-    tokio::task::spawn_blocking(move || {
-        let snapshot = buoyant_kernel::snapshot::Snapshot::builder_for(root.as_str()).at_version(version).build(engine.as_ref())?;
-        snapshot.checkpoint(engine.as_ref(), None).map(|_| ())
-    })
-    .await
-    .map_err(|e| DeltaTableError::Generic(format!("checkpoint task: {e}")))?
-    .map_err(|e| DeltaTableError::Generic(format!("checkpoint: {e}")))?;
-    match log_retention {
-        Some(keep) => {
-            let cutoff = chrono::Utc::now().timestamp_millis() - i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
-            checkpoints::cleanup_expired_logs_for(version, log_store.as_ref(), cutoff, None).await
-        }
-        None => Ok(0),
     }
 }
 
@@ -756,18 +701,6 @@ mod tests {
         assert_eq!(a.version_of("p1").await.unwrap(), Some(5));
     }
 
-    /// Ingest's backstop: a checkpoint when the readers would replay ten
-    /// intervals of commits, none while a newer one exists.
-    #[test]
-    fn ingest_checkpoints_only_when_the_newest_is_ten_intervals_behind() {
-        assert!(!checkpoint_overdue(98, None, 100));
-        assert!(checkpoint_overdue(999, None, 100));
-        assert!(!checkpoint_overdue(1099, Some(100), 100));
-        assert!(checkpoint_overdue(1099, Some(99), 100));
-        // A checkpoint ahead of the version (another writer's) is recent.
-        assert!(!checkpoint_overdue(1099, Some(1150), 100));
-    }
-
     /// A metadata change by another writer makes the sink reload the table
     /// before it commits again, and its checkpoints follow the new interval:
     /// none while the compactor's checkpoint is recent, one once it is ten
@@ -793,7 +726,7 @@ mod tests {
                 // A compactor's checkpoint, as `estate compact` writes it.
                 let mut c = store.table("heartbeats").unwrap();
                 c.load().await.unwrap();
-                checkpoints::create_checkpoint(&c, None).await.unwrap();
+                deltalake::checkpoints::create_checkpoint(&c, None).await.unwrap();
             }
         }
         assert_eq!(a.view.head, Some(67));
@@ -803,7 +736,7 @@ mod tests {
         // behind, then the one at 23 + 40.
         let log = dir.path().join("heartbeats/_delta_log");
         let written: Vec<u64> = (0..=67).filter(|v| log.join(format!("{v:020}.checkpoint.parquet")).exists()).collect();
-        assert_eq!(written, vec![compactor_at, compactor_at + CHECKPOINT_BACKSTOP * 4]);
+        assert_eq!(written, vec![compactor_at, compactor_at + crate::checkpoint::CHECKPOINT_BACKSTOP * 4]);
         assert_eq!(last_checkpoint_version(a.table.log_store().as_ref()).await, Some(63));
         let mut fresh = store.table("heartbeats").unwrap();
         fresh.load().await.unwrap();
